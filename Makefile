@@ -1,0 +1,49 @@
+# capserve: the two commands of the quick start are `make serve` and `make test`.
+PY ?= python3
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+STORE ?= model_store
+PYTEST_ARGS ?=
+
+.PHONY: venv system-deps protos lint test test-unit models store serve bench clean-store
+
+$(STAMP): pyproject.toml
+	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	$(PYTHON) -m pip check
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+system-deps:
+	@scripts/system-deps.sh
+
+protos: venv
+	$(PYTHON) scripts/gen_protos.py
+
+lint: venv
+	$(VENV)/bin/ruff check training export serving bench tests scripts
+	$(VENV)/bin/mypy training export serving
+
+test: venv system-deps lint
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# Train the default models from scratch (about 12 CPU-minutes), then export them.
+models: venv
+	$(PYTHON) -m training.defaults --out checkpoints
+	$(MAKE) store STORE=$(STORE) FORCE=1
+
+# Export the committed default checkpoints into the model store when it is empty.
+store: venv
+	$(PYTHON) -m export.defaults --checkpoints checkpoints --store $(STORE) $(if $(FORCE),--force,)
+
+serve: venv store
+	$(PYTHON) -m serving --model-store $(STORE)
+
+bench: venv system-deps store
+	$(PYTHON) -m bench
+
+clean-store:
+	rm -rf $(STORE)/*/ $(STORE)/*.mar
