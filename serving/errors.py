@@ -118,3 +118,10 @@ class PermissionDenied(ServingError):
 class PayloadTooLarge(ServingError):
     code = ErrorCode.PAYLOAD_TOO_LARGE
     reason = FailureReason.INVALID
+
+
+class ModelLoadFailed(ServingError):
+    """A model (or one of its versions) could not be loaded; the message says why."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+    reason = FailureReason.INVALID

@@ -1,0 +1,174 @@
+"""``docs/benchmarks.md``: the tables of a sitting, its targets, plots and profile.
+
+The GPU variant owns the section between the GPU markers; rewriting the CPU report keeps it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.schema import Results
+
+GPU_BEGIN = "<!-- gpu-results:begin -->"
+GPU_END = "<!-- gpu-results:end -->"
+
+_REFERENCE = """\
+Reference from the issue (TorchServe 0.12 on a 2-core machine of this kind, `hey -z 10s`):
+lenet 83 / 473 / 1,570 req/s at concurrency 1 / 8 / 32 (p50 9.9 / 12.6 / 17 ms); ResNet-18
+22 / 33 / 36 req/s; in-process ONNX Runtime lenet 26k / 83k / 90k items/s at batch 1 / 8 / 32,
+ResNet-18 50 / 53 / 56 items/s."""
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    if value is None or value != value:
+        return "–"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _rel(path: Path, start: Path) -> str:
+    return os.path.relpath(path, start)
+
+
+def _setup(results: Results) -> str:
+    m, s = results.machine, results.settings
+    versions = ", ".join(f"{k} {v}" for k, v in results.versions.items())
+    return "\n".join([
+        f"- Sitting: {results.started} to {results.finished}"
+        + (" (smoke run: numbers are not meaningful)" if results.smoke else ""),
+        f"- CPU: {m.get('cpu_model')}, {m.get('logical_cores')} logical cores "
+        f"({m.get('usable_cores')} usable), {m.get('memory_gib', '?')} GiB; "
+        f"1-minute load average at start {m.get('load_average_1m', '?')}",
+        f"- Versions: {versions}",
+        f"- Batching: capserve max_batch_size {s['capserve_max_batch']} (never above the "
+        f"model's exported limit), TorchServe batchSize {s['torchserve_batch']}, both max delay "
+        f"{s['max_delay_ms']} ms; TorchServe 1 worker per model, token auth off, loopback only",
+        f"- Load: {s['duration_s']:.0f} s per run at concurrency "
+        f"{', '.join(map(str, s['concurrency']))}; every client POSTs the same PNG per model",
+    ])
+
+
+def _targets(results: Results) -> str:
+    rows = []
+    for t in results.targets:
+        met = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
+        rows.append([t["target"], t["threshold"], _f(t["measured"], 3), met, t["detail"]])
+    return table(["target", "threshold", "measured", "result", "detail"], rows)
+
+
+def _load(results: Results, model: str) -> str:
+    runs = sorted((r for r in results.load if r.model == model),
+                  key=lambda r: (r.client, r.endpoint, r.concurrency, r.server))
+    rows = [[r.server, r.client, r.endpoint, str(r.concurrency), _f(r.throughput_rps),
+             _f(r.p50_ms, 2), _f(r.p90_ms, 2), _f(r.p99_ms, 2), str(r.requests), str(r.errors),
+             _f(r.mean_batch_size, 2)] for r in runs]
+    return table(["server", "client", "endpoint", "conc.", "req/s", "p50 ms", "p90 ms",
+                  "p99 ms", "requests", "errors", "mean batch"], rows)
+
+
+def _ratios(results: Results) -> str:
+    rows = []
+    for r in results.ratios:
+        against = "TorchServe, same client" if r["kind"] == "capserve/torchserve" \
+            else f"in-process {r['ceiling']}"
+        rows.append([r["model"], r["client"] + (f" {r['endpoint']}" if "endpoint" in r else ""),
+                     str(r["concurrency"]), against, _f(r["throughput"], 2),
+                     _f(r.get("p50"), 3)])
+    return table(["model", "client", "conc.", "compared with", "throughput ratio",
+                  "p50 ratio"], rows)
+
+
+def _ceiling(results: Results) -> str:
+    rows = [[c.model, c.runtime, str(c.batch), str(c.threads), _f(c.items_per_s),
+             _f(c.p50_ms, 3)] for c in sorted(results.ceiling,
+                                              key=lambda c: (c.model, c.runtime, c.batch))]
+    decode = [[d.image, f"{d.width}x{d.height} {d.mode}", str(d.png_bytes),
+               _f(d.decodes_per_s)] for d in results.decode]
+    return (table(["model", "runtime", "batch", "threads", "items/s", "p50 ms per batch"], rows)
+            + "\n\nPNG decode (Pillow, to a numpy array, one thread):\n\n"
+            + table(["image", "size", "PNG bytes", "decodes/s"], decode))
+
+
+def _profile(results: Results, out_dir: Path, doc_dir: Path) -> str:
+    p: dict[str, Any] = results.profile
+    if not p:
+        return "No profile in this sitting (`--no-profile`, or see skipped parts)."
+    top = p["top_self"][:3]
+    named = "; ".join(f"{i + 1}. `{row['function']}` {row['share'] * 100:.1f}%"
+                      for i, row in enumerate(top))
+    rows = [[f"`{r['function']}`", str(r["samples"]), f"{r['share'] * 100:.1f}%"]
+            for r in p["top_self"]]
+    inc = [[f"`{r['function']}`", str(r["samples"]), f"{r['share'] * 100:.1f}%"]
+           for r in p["top_inclusive"]]
+    return "\n".join([
+        f"{p['tool']}, capserve serving `{p['model']}` to hey at concurrency "
+        f"{p['concurrency']} for {p['duration_s']:.0f} s ({p['samples']} samples; "
+        f"{p['throughput_rps_under_profiler']} req/s under the profiler, {p['errors']} errors). "
+        f"Collapsed stacks: `{_rel(out_dir / p['file'], doc_dir)}` (open with speedscope or "
+        "flamegraph.pl).",
+        "",
+        f"**Top three costs (own time):** {named}.",
+        "",
+        "Own time:", "", table(["function", "samples", "share"], rows), "",
+        "Inclusive time:", "", table(["function", "samples", "share"], inc),
+    ])
+
+
+def render(results: Results, json_path: Path, doc_path: Path, plots: list[Path],
+           gpu_section: str) -> str:
+    doc_dir = doc_path.parent
+    models = list(dict.fromkeys(r.model for r in results.load))
+    parts = [
+        "# Benchmarks",
+        "",
+        "capserve against real TorchServe 0.12 and against the same model run in-process "
+        "(the ceiling), on one machine, with the same models, images and load generators, in "
+        "one sitting. Regenerate with `make bench` (or `python -m bench --help`); the GPU "
+        "variant is `bench/gpu.sh`. Raw results: "
+        f"`{_rel(json_path, doc_dir)}`.",
+        "",
+        "## Setup", "", _setup(results), "",
+        "## Targets", "", _targets(results), "", _REFERENCE, "",
+    ]
+    for model in models:
+        parts += [f"## {model}", "", _load(results, model), ""]
+        parts += [f"![{p.stem}]({_rel(p, doc_dir)})" for p in plots if p.stem.endswith(model)]
+        parts.append("")
+    parts += ["## Ratios", "", _ratios(results) if results.ratios else "No pairs measured.", ""]
+    parts += ["## In-process ceiling", "", _ceiling(results), ""]
+    parts += ["## Profile of the hot path", "", _profile(results, json_path.parent, doc_dir), ""]
+    if results.skipped:
+        parts += ["## Parts that did not run", "",
+                  table(["part", "reason"], [[s.part, s.reason.replace("\n", " ")[:300]]
+                                             for s in results.skipped]), ""]
+    parts += ["## GPU", "", GPU_BEGIN, gpu_section.strip() or
+              "Not measured yet: run `bench/gpu.sh` on a machine with an NVIDIA GPU.", GPU_END, ""]
+    return "\n".join(parts)
+
+
+def existing_gpu_section(doc_path: Path) -> str:
+    if not doc_path.exists():
+        return ""
+    text = doc_path.read_text()
+    if GPU_BEGIN in text and GPU_END in text:
+        return text.split(GPU_BEGIN, 1)[1].split(GPU_END, 1)[0]
+    return ""
+
+
+def replace_gpu_section(doc_path: Path, section: str) -> None:
+    """Put the GPU tables into an existing report (or a fresh one holding only them)."""
+    text = doc_path.read_text() if doc_path.exists() else f"# Benchmarks\n\n## GPU\n\n{GPU_BEGIN}\n{GPU_END}\n"
+    if GPU_BEGIN not in text:
+        text += f"\n## GPU\n\n{GPU_BEGIN}\n{GPU_END}\n"
+    head, rest = text.split(GPU_BEGIN, 1)
+    tail = rest.split(GPU_END, 1)[1]
+    doc_path.write_text(f"{head}{GPU_BEGIN}\n{section.strip()}\n{GPU_END}{tail}")

@@ -1,0 +1,62 @@
+"""config.pbtxt: the generated ``ModelConfig`` message (Triton's model_config.proto) as text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf import text_format
+
+from export.generated import model_config_pb2 as mc
+from export.spec import ModelSpec, TensorSpec
+
+PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
+DEFAULT_FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+DEFAULT_MAX_BATCH = 32
+LARGE_MODEL_MAX_BATCH = 16
+LARGE_MODEL_BYTES = 10 * 1024 * 1024
+DEFAULT_QUEUE_DELAY_US = 2000
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    max_batch_size: int = DEFAULT_MAX_BATCH
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
+    instance_count: int = 1
+
+
+def default_max_batch(artifact_bytes: int) -> int:
+    """docs/architecture.md: 32, or 16 for models over 10 MB."""
+    return LARGE_MODEL_MAX_BATCH if artifact_bytes > LARGE_MODEL_BYTES else DEFAULT_MAX_BATCH
+
+
+def _input(t: TensorSpec) -> mc.ModelInput:
+    msg = mc.ModelInput(name=t.name, data_type=mc.TYPE_FP32, dims=list(t.dims))
+    msg.format = mc.ModelInput.FORMAT_NCHW if t.image else mc.ModelInput.FORMAT_NONE
+    return msg
+
+
+def _output(t: TensorSpec) -> mc.ModelOutput:
+    msg = mc.ModelOutput(name=t.name, data_type=mc.TYPE_FP32, dims=list(t.dims))
+    if t.label_filename:
+        msg.label_filename = t.label_filename
+    return msg
+
+
+def build_config(name: str, fmt: str, spec: ModelSpec, sched: Scheduling) -> mc.ModelConfig:
+    cfg = mc.ModelConfig(name=name, platform=PLATFORMS[fmt], max_batch_size=sched.max_batch_size)
+    cfg.default_model_filename = DEFAULT_FILENAMES[fmt]
+    cfg.input.extend(_input(t) for t in spec.inputs)
+    cfg.output.extend(_output(t) for t in spec.outputs)
+    cfg.dynamic_batching.max_queue_delay_microseconds = sched.max_queue_delay_us
+    cfg.instance_group.add(count=sched.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
+    for key, value in spec.parameters.items():
+        cfg.parameters[key].string_value = value
+    return cfg
+
+
+def config_text(cfg: mc.ModelConfig) -> str:
+    return text_format.MessageToString(cfg)
+
+
+def parse_config(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())

@@ -1,0 +1,142 @@
+"""Rebuild the eager module of a checkpoint through the model registry, and the modules to export.
+
+Each served model is exported from a small wrapper whose forward takes exactly the served input
+tensor and returns the served outputs in the order of :class:`export.spec.ModelSpec` — so the
+ONNX graph, the TorchScript module and the eager reference the parity gate compares with are the
+same computation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from export.errors import InvalidInput
+from export.spec import InputSpec, ModelSpec, decoder_spec, model_spec
+from training.checkpoint import InvalidCheckpoint, load_checkpoint
+from training.models.registry import UnknownArchitecture, build_model
+
+logger = logging.getLogger(__name__)
+
+
+class CapsuleOutputs(nn.Module):
+    """A capsule classifier served without the training-only ``y`` argument."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.net(x)
+        return out[0], out[1], out[2]
+
+
+class CapsuleDecoder(nn.Module):
+    """The decoder of a capsule classifier: masked poses (N, C, 16) -> reconstruction."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, poses: Tensor) -> Tensor:
+        # nn.Module.__getattr__ is typed as returning Tensor | Module; decode is a method here.
+        return self.net.decode(poses)  # type: ignore[operator]
+
+
+@dataclass
+class ServedModel:
+    """One model of the store: its name, its description and the eager module to export."""
+
+    name: str
+    spec: ModelSpec
+    module: nn.Module
+    example: Tensor  # batch-2 example at the training size (0/1 specialisation, models.md §0.3)
+    fully_convolutional: bool
+    arch: str
+    role: str = "main"  # "main" | "decoder"
+
+
+@dataclass
+class Source:
+    """A loaded checkpoint."""
+
+    path: Path
+    checkpoint: dict[str, Any]
+    arch: str
+    task: str
+    labels: list[str]
+    input: InputSpec
+    module: nn.Module
+    sha256: str
+
+    @property
+    def data(self) -> str:
+        prov = self.checkpoint.get("provenance") or {}
+        return str(prov.get("data", "")) if isinstance(prov, dict) else ""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_source(path: Path) -> Source:
+    """Load and rebuild a checkpoint; every user mistake becomes :class:`InvalidInput`."""
+    if not path.is_file():
+        raise InvalidInput(f"{path}: no such checkpoint file")
+    try:
+        ckpt = load_checkpoint(path)
+    except InvalidCheckpoint as exc:
+        raise InvalidInput(f"{path} is not a capserve checkpoint: {exc}") from exc
+    except Exception as exc:  # torch.load raises many types for a file that is not a zip/pickle
+        raise InvalidInput(f"{path} is not a capserve checkpoint: {type(exc).__name__}: {exc}") from exc
+    arch = str(ckpt.get("arch", ""))
+    kwargs = ckpt.get("arch_kwargs") or {}
+    try:
+        module = build_model(arch, **kwargs)
+    except UnknownArchitecture as exc:
+        raise InvalidInput(f"{path}: unknown architecture {arch!r} ({exc})") from exc
+    except TypeError as exc:
+        raise InvalidInput(f"{path}: arch_kwargs do not fit architecture {arch!r}: {exc}") from exc
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise InvalidInput(f"{path}: state_dict does not fit {arch!r}: {first}") from exc
+    module.eval()
+    labels = [str(x) for x in ckpt.get("labels") or []]
+    return Source(
+        path=path, checkpoint=ckpt, arch=arch, task=str(ckpt.get("task", "")), labels=labels,
+        input=InputSpec.from_checkpoint(ckpt.get("input")), module=module, sha256=_sha256(path),
+    )
+
+
+def served_models(src: Source, name: str, decoder_name: str) -> list[ServedModel]:
+    """The models one checkpoint becomes: the main model and, for capsule models, its decoder.
+
+    Names are the base names; the format suffix (``_torchscript``) is added by the caller.
+    """
+    provenance = {"arch": src.arch, "source_checkpoint": src.path.name, "source_sha256": src.sha256}
+    is_caps = src.task == "capsule_classification"
+    spec = model_spec(src.task, src.labels, src.input, provenance, decoder_name if is_caps else "")
+    inp = src.input
+    example = torch.randn(2, inp.channels, inp.height, inp.width, generator=torch.Generator().manual_seed(0))
+    main_module: nn.Module = CapsuleOutputs(src.module).eval() if is_caps else src.module
+    models = [ServedModel(name, spec, main_module, example, inp.fully_convolutional, src.arch)]
+    if is_caps:
+        if not callable(getattr(src.module, "decode", None)):
+            raise InvalidInput(f"capsule architecture {src.arch!r} has no decode(poses) method")
+        dec_spec = decoder_spec(len(src.labels), inp, provenance)
+        poses = torch.randn(2, *dec_spec.inputs[0].dims, generator=torch.Generator().manual_seed(1))
+        models.append(ServedModel(decoder_name, dec_spec, CapsuleDecoder(src.module).eval(), poses,
+                                  False, src.arch, role="decoder"))
+    return models

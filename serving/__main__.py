@@ -1,0 +1,111 @@
+"""``python -m serving`` (== ``capserve serve``): parse flags, run the server until SIGTERM/SIGINT.
+
+Flags override ``CAPSERVE_*`` environment variables, which override the defaults (a flag that is
+not given is not passed to Settings, so the environment still applies). The first SIGTERM or
+SIGINT drains gracefully and exits 0; a second one exits at once with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--model-store", {"help": "model repository directory (default model_store)"}),
+    ("--host", {"help": "address every listener binds (default 127.0.0.1)"}),
+    ("--http-port", {"type": int, "help": "KServe v2 / TorchServe inference HTTP port (8000)"}),
+    ("--grpc-port", {"type": int, "help": "gRPC port (8001)"}),
+    ("--metrics-port", {"type": int, "help": "Prometheus /metrics port (8002)"}),
+    ("--management-port", {"type": int, "help": "TorchServe management API port (8081)"}),
+    ("--management-host", {"help": "address of the management API (127.0.0.1)"}),
+    ("--device", {"help": "where models run: auto, cpu, cuda or cuda:N (auto)"}),
+    ("--api-token-file", {"help": "file (mode 0600) holding the bearer token for model control"}),
+    ("--max-request-bytes", {"type": int, "help": "HTTP body limit in bytes (64 MiB)"}),
+    ("--grpc-max-message-bytes", {"type": int, "help": "gRPC message limit in bytes (64 MiB)"}),
+    ("--max-image-pixels", {"type": int, "help": "largest decoded image, in pixels"}),
+    ("--shutdown-grace-seconds", {"type": float, "help": "drain time on SIGTERM (30)"}),
+    ("--log-format", {"choices": ["text", "json"], "help": "log line format (text)"}),
+    ("--log-level", {"help": "log level (INFO)"}),
+    ("--image-workers", {"type": int, "help": "threads decoding images"}),
+]
+_SWITCHES = [
+    ("--enable-model-control", "allow repository index/load/unload (token-checked when a token file is set)"),
+    ("--allow-archive-code", "UNSAFE: run Python code shipped inside .mar archives"),
+]
+
+
+def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="capserve serve", description="Serve the model store over gRPC and HTTP."
+    )
+    for flag, options in _FLAGS:
+        parser.add_argument(flag, default=argparse.SUPPRESS, **options)
+    for flag, help_text in _SWITCHES:
+        parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+    return vars(parser.parse_args(argv))
+
+
+async def _serve(settings: Any) -> int:
+    from serving.server import build_server
+
+    server = build_server(settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            print("capserve: second signal, exiting without draining", file=sys.stderr, flush=True)
+            os._exit(1)
+        logging.getLogger("serving").info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    code = 0
+    try:
+        await server.open_listeners()
+        for listener in server.listeners:
+            print(f"capserve: {listener.kind} listening on {listener.url}", flush=True)
+        await server.load_models()
+        await stop.wait()
+    except OSError as exc:  # a port in use, an unreadable store
+        print(f"capserve: cannot start: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        await server.stop()
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = parse_args(argv)
+    from serving.logs import configure_logging
+    from serving.settings import Settings
+
+    try:
+        settings = Settings(**overrides)
+        settings.api_token()  # refuse a readable token file before anything starts
+    except ValueError as exc:
+        print(f"capserve: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    if not settings.model_store.is_dir():
+        print(f"capserve: model store {settings.model_store} is not a directory "
+              "(build one with `make store`)", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional: plain asyncio works, a little slower
+        return asyncio.run(_serve(settings))
+    return uvloop.run(_serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

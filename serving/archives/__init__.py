@@ -1,0 +1,1 @@
+"""TorchServe ``.mar`` archives: safe reading and extraction, materialised as Triton layout."""

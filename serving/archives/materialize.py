@@ -1,0 +1,208 @@
+"""Turn a ``.mar`` archive into a Triton-layout model directory the repository can load.
+
+``<cache>/<name>-<sha256 prefix>/<name>/config.pbtxt``, ``labels.txt`` and ``<version>/model.pt``
+(or ``model.onnx``). The config comes from the archive's ``capserve_task.json`` (written by the
+exporter: the config.pbtxt parameters plus inputs/outputs/max_batch_size), or, for archives made
+for TorchServe's own ``image_classifier``/``image_segmenter``, from those handlers' conventions.
+The directory is built beside its final place and renamed in one step, keyed by the archive's
+hash, so a changed archive never reuses a stale extraction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from serving.archives.mar import (
+    BUILTIN_HANDLERS,
+    TASK_FILE,
+    ArchiveError,
+    ArchiveLimits,
+    Manifest,
+    labels_from_index,
+    safe_extract,
+)
+from serving.errors import ServingError
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_NOT_PARAMETERS = ("inputs", "outputs", "max_batch_size", "name", "labels")
+_IMAGENET = {"mean": "0.485,0.456,0.406", "std": "0.229,0.224,0.225"}
+
+
+def materialize_all(store: Path, cache_dir: Path, limits: ArchiveLimits,
+                    allow_archive_code: bool) -> list[tuple[str, Path]]:
+    found = []
+    for mar in sorted(store.glob("*.mar")):
+        name = mar.stem
+        if (store / name).is_dir():
+            continue  # the Triton directory of the same model wins
+        try:
+            found.append((name, materialize(mar, cache_dir, limits, allow_archive_code, name)))
+        except ServingError as exc:
+            log.error("archive %s is not served: %s", mar.name, exc)
+    return found
+
+
+def materialize(mar: Path, cache_dir: Path, limits: ArchiveLimits | None = None,
+                allow_archive_code: bool = False, name: str = "") -> Path:
+    """The model directory for ``mar`` (built once per archive content)."""
+    limits = limits or ArchiveLimits()
+    name = name or mar.stem
+    if not _NAME.match(name):
+        raise ArchiveError(f"'{name}' is not a valid model name")
+    digest = _sha256(mar)[:16]
+    root = cache_dir / f"{name}-{digest}"
+    if (root / name / "config.pbtxt").is_file():
+        return root / name
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".{name}-{digest}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        extracted = tmp / "extracted"
+        extracted.mkdir()
+        manifest = safe_extract(mar, extracted, limits)
+        _build(name, manifest, extracted, tmp / name, allow_archive_code, mar.name)
+        shutil.rmtree(extracted)
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another process won the race with the same content
+            if not (root / name / "config.pbtxt").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("archive %s materialised as model '%s' in %s", mar.name, name, root / name)
+    return root / name
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _build(name: str, manifest: Manifest, src: Path, model_dir: Path, allow_code: bool,
+           archive: str) -> None:
+    handler = manifest.handler_name
+    if handler not in BUILTIN_HANDLERS:
+        if not allow_code:
+            raise ArchiveError(
+                f"{archive}: handler '{manifest.handler}' is Python code inside the archive; "
+                "capserve never runs archive code (built-in handlers: capserve_handler.py, "
+                "image_classifier, image_segmenter). --allow-archive-code (UNSAFE) accepts "
+                f"such archives and serves them with the built-in pipeline of {TASK_FILE}")
+        log.warning("%s: custom handler %s accepted by --allow-archive-code; serving with "
+                    "the built-in pipeline, the handler's code is not run", archive, handler)
+    labels = _labels(src)
+    task_path = src / TASK_FILE
+    if task_path.is_file():
+        try:
+            task: dict[str, Any] = json.loads(task_path.read_text())
+        except ValueError as exc:
+            raise ArchiveError(f"{archive}: {TASK_FILE} is not JSON: {exc}") from None
+    elif BUILTIN_HANDLERS.get(handler):
+        task = _torchserve_default(BUILTIN_HANDLERS[handler], len(labels))
+    else:
+        raise ArchiveError(f"{archive}: no {TASK_FILE}, so capserve cannot tell the model's "
+                           "task, inputs and outputs")
+    serialized = manifest.serialized_file or "model.pt"
+    source = src / serialized
+    if not source.is_file():
+        raise ArchiveError(f"{archive}: serializedFile '{serialized}' is not in the archive")
+    onnx = serialized.endswith(".onnx")
+    version = _version(manifest.model_version)
+    (model_dir / version).mkdir(parents=True)
+    artifact = "model.onnx" if onnx else "model.pt"
+    shutil.move(str(source), model_dir / version / artifact)
+    side = src / (serialized + ".data")
+    if onnx and side.is_file():
+        shutil.move(str(side), model_dir / version / "model.onnx.data")
+    if labels:
+        (model_dir / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
+    platform = "onnxruntime_onnx" if onnx else "pytorch_libtorch"
+    (model_dir / "config.pbtxt").write_text(config_text(name, platform, task, bool(labels)))
+
+
+def _labels(src: Path) -> list[str]:
+    path = src / "index_to_name.json"
+    if not path.is_file():
+        return []
+    try:
+        return labels_from_index(json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise ArchiveError(f"index_to_name.json is not a label map: {exc}") from None
+
+
+def _version(text: str) -> str:
+    try:
+        value = int(float(text))
+    except ValueError:
+        return "1"
+    return str(value) if value >= 1 else "1"
+
+
+def _torchserve_default(task: str, num_labels: int) -> dict[str, Any]:
+    """TorchServe's image_classifier/segmenter conventions: RGB 224, ImageNet normalisation."""
+    if task == "classification":
+        return {"task": task, "input_color": "RGB", "input_height": "224",
+                "input_width": "224", "resize": "keep_aspect_crop",
+                "output_semantics": "logits", **_IMAGENET, "max_batch_size": 8,
+                "inputs": [{"name": "input", "data_type": "TYPE_FP32", "dims": [3, 224, 224]}],
+                "outputs": [{"name": "logits", "data_type": "TYPE_FP32",
+                             "dims": [num_labels or -1]}]}
+    return {"task": task, "input_color": "RGB", "resize": "none",
+            "output_semantics": "mask_logits", **_IMAGENET, "max_batch_size": 8,
+            "inputs": [{"name": "input", "data_type": "TYPE_FP32", "dims": [3, -1, -1]}],
+            "outputs": [{"name": "out", "data_type": "TYPE_FP32", "dims": [-1, -1, -1]}]}
+
+
+def _dtype(value: Any) -> str:
+    text = str(value or "FP32").upper()
+    if text.startswith("TYPE_"):
+        return text
+    return "TYPE_STRING" if text == "BYTES" else f"TYPE_{text}"
+
+
+def _tensor(kind: str, spec: dict[str, Any], label_file: bool) -> str:
+    dims = ", ".join(str(int(d)) for d in spec.get("dims", spec.get("shape", [])))
+    extra = ' label_filename: "labels.txt"' if label_file else ""
+    if str(spec.get("format", "")).startswith("FORMAT_"):
+        extra = f' format: {spec["format"]}' + extra
+    return (f'{kind} {{ name: {json.dumps(str(spec["name"]))} data_type: '
+            f'{_dtype(spec.get("data_type", spec.get("datatype")))} dims: [{dims}]{extra} }}')
+
+
+def config_text(name: str, platform: str, task: dict[str, Any], has_labels: bool) -> str:
+    """config.pbtxt (protobuf text format) with the project's default batching."""
+    try:
+        inputs, outputs = task["inputs"], task["outputs"]
+        max_batch = int(task.get("max_batch_size", 32))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArchiveError(f"{TASK_FILE} lacks inputs/outputs/max_batch_size ({exc})") from None
+    kind = str(task.get("task", ""))
+    label_output = {"classification": 0, "capsule_classification": "lengths"}.get(kind)
+    lines = [f"name: {json.dumps(name)}", f"platform: {json.dumps(platform)}",
+             f"max_batch_size: {max_batch}"]
+    lines += [_tensor("input", i, False) for i in inputs]
+    for idx, out in enumerate(outputs):
+        # The classifying output points at labels.txt (Triton's classification extension).
+        wants_labels = has_labels and (bool(out.get("label_filename"))
+                                       or label_output in (idx, out.get("name")))
+        lines.append(_tensor("output", out, wants_labels))
+    if max_batch > 0:
+        lines.append("dynamic_batching { max_queue_delay_microseconds: 2000 }")
+    lines.append("instance_group [ { count: 1 kind: KIND_CPU } ]")
+    for key, value in task.items():
+        if key not in _NOT_PARAMETERS and not isinstance(value, dict | list):
+            lines.append(f"parameters {{ key: {json.dumps(str(key))} value: {{ string_value: "
+                         f"{json.dumps(str(value))} }} }}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,60 @@
+"""The contract every backend meets, and what a backend needs to build itself."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from serving.generated import model_config_pb2
+
+
+class Backend(Protocol):
+    """One model instance. ``run`` is called from one executor thread at a time."""
+
+    device: str  # "cpu" or "cuda:N": where this instance actually runs
+    input_names: list[str]  # as the model file declares them
+    output_names: list[str]
+
+    def run(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
+        """Execute once; returns exactly ``output_names``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    config: model_config_pb2.ModelConfig
+    version_dir: Path
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    instances: int = 1  # how many instances of this model version share the machine
+
+    def parameter(self, key: str) -> str | None:
+        if key in self.config.parameters:
+            return str(self.config.parameters[key].string_value)
+        return None
+
+    def int_parameter(self, key: str) -> int | None:
+        value = self.parameter(key)
+        if value is None or value == "":
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"config parameter '{key}' must be an integer, got {value!r}") from None
+
+    def intra_op_threads(self) -> int:
+        """Config ``intra_op_thread_count``, else the cores shared evenly by the instances."""
+        configured = self.int_parameter("intra_op_thread_count")
+        if configured is not None and configured > 0:
+            return configured
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) // max(1, self.instances))
+
+    def inter_op_threads(self) -> int:
+        configured = self.int_parameter("inter_op_thread_count")
+        return configured if configured is not None and configured > 0 else 1

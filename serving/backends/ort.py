@@ -1,0 +1,56 @@
+"""ONNX Runtime backend: ``<version>/model.onnx`` (+ its ``.onnx.data`` side file)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from serving.backends.base import BackendSpec
+from serving.backends.devices import resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+class OnnxRuntimeBackend:
+    def __init__(self, spec: BackendSpec) -> None:
+        import onnxruntime as ort
+
+        filename = spec.config.default_model_filename or "model.onnx"
+        path = Path(spec.version_dir) / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} not found")
+        device, explicit = resolve_device(spec.device)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = spec.intra_op_threads()
+        options.inter_op_num_threads = spec.inter_op_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers: list[str | tuple[str, dict[str, str]]] = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if hasattr(ort, "preload_dlls"):
+                try:  # CUDA/cuDNN from the nvidia-* wheels that torch brings along
+                    ort.preload_dlls()
+                except Exception:
+                    logger.debug("onnxruntime.preload_dlls failed", exc_info=True)
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.split(":")[1]}))
+        # The path (not bytes) lets ORT find the external-data file next to the model.
+        self._session = ort.InferenceSession(str(path), options, providers=providers)
+        active = self._session.get_providers()
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in active:
+            if explicit:
+                raise RuntimeError(f"CUDA was requested but ONNX Runtime could not use it for {path}")
+            logger.warning("CUDA unavailable to ONNX Runtime for %s; running on CPU", path)
+            device = "cpu"
+        self.device = device if device.startswith("cuda") else "cpu"
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        self._run_options = ort.RunOptions()
+
+    def run(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
+        results = self._session.run(output_names, inputs, self._run_options)
+        return {name: np.asarray(r) for name, r in zip(output_names, results, strict=True)}
+
+    def close(self) -> None:
+        # ORT frees the session when the last reference goes; drop ours now.
+        self._session = None

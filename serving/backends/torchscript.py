@@ -1,0 +1,89 @@
+"""TorchScript backend: ``<version>/model.pt`` loaded with ``torch.jit.load``.
+
+Inputs are passed to ``forward`` positionally in config input order. Outputs may be a tensor, a
+tuple/list (mapped to config outputs in order) or a dict keyed by output name.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.backends.base import BackendSpec
+from serving.backends.devices import resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+class TorchScriptBackend:
+    def __init__(self, spec: BackendSpec) -> None:
+        import torch
+
+        self._torch = torch
+        filename = spec.config.default_model_filename or "model.pt"
+        path = Path(spec.version_dir) / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} not found")
+        device, explicit = resolve_device(spec.device)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            if explicit:
+                raise RuntimeError(f"CUDA was requested but torch cannot use it for {path}")
+            logger.warning("CUDA unavailable to torch for %s; running on CPU", path)
+            device = "cpu"
+        self.device = device
+        self._device = torch.device(device)
+        self._module = torch.jit.load(str(path), map_location=self._device)
+        self._module.eval()
+        self.input_names = [i.name for i in spec.config.input]
+        self.output_names = [o.name for o in spec.config.output]
+        self._pin = self._device.type == "cuda"
+
+    def _to_device(self, arr: np.ndarray) -> Any:
+        torch = self._torch
+        if not arr.flags.writeable or not arr.flags.c_contiguous:
+            arr = np.array(arr, order="C")  # torch refuses read-only buffers
+        tensor = torch.from_numpy(arr)
+        if not self._pin:
+            return tensor
+        pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        pinned.copy_(tensor)
+        return pinned.to(self._device, non_blocking=True)
+
+    def run(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise ValueError(f"missing inputs {missing}")
+        with torch.inference_mode():
+            args = [self._to_device(inputs[n]) for n in self.input_names]
+            result = self._module(*args)
+        named = self._name_outputs(result)
+        out: dict[str, np.ndarray] = {}
+        for name in output_names:
+            if name not in named:
+                raise ValueError(f"TorchScript model produced no output '{name}'")
+            out[name] = named[name].detach().to("cpu").numpy()
+        return out
+
+    def _name_outputs(self, result: Any) -> dict[str, Any]:
+        torch = self._torch
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        if isinstance(result, dict):
+            return dict(result)
+        if isinstance(result, tuple | list):
+            if len(result) < len(self.output_names):
+                raise ValueError(
+                    f"TorchScript model returned {len(result)} outputs, config declares "
+                    f"{len(self.output_names)}"
+                )
+            return dict(zip(self.output_names, result, strict=False))
+        raise ValueError(f"unsupported TorchScript output type {type(result).__name__}")
+
+    def close(self) -> None:
+        self._module = None
+        if self._device.type == "cuda":
+            self._torch.cuda.empty_cache()

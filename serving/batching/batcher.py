@@ -1,0 +1,415 @@
+"""The dynamic batcher of one model version (Triton semantics).
+
+Requests wait in one FIFO queue per priority level (level 1 first). A batch starts at the oldest
+request of the highest non-empty level and takes every later request with the same non-batch
+input shapes and dtypes (other shapes never share a batch and keep their place), up to
+``max_batch_size``.
+
+When to run (policy; see ``docs/batching.md``). Nothing runs unless an executor (model instance)
+is free; while all are busy, arrivals accumulate, so batches fill under load. With a free
+executor the head batch is dispatched at once when
+
+1. it reached ``max_batch_size`` or one of ``preferred_batch_size`` (then the largest preferred
+   prefix is sent), or
+2. ``max_queue_delay_microseconds`` is 0, or its oldest request has waited that long, or
+3. it is a lone request: nothing else is queued. An idle model never makes a single caller wait
+   out the delay.
+
+Otherwise several requests are queued (they are arriving faster than batches complete) but the
+batch is small: it is held until rule 1 or 2 fires, so the delay bounds the extra wait.
+
+Guarantees: every accepted request gets exactly one answer (its future is always resolved);
+scheduling is event driven (arrival, completion, timer) and every step is guarded so no exception
+stops it; a caller that goes away frees its queue slot and is not run if still queued; backend
+work runs in executor threads, never on the event loop; stacking and splitting are numpy calls;
+after a run every output's dim 0 must equal the batch size, else every request of that batch fails
+with ``BackendError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from serving.batching.clock import Clock, MonotonicClock, TimerHandle
+from serving.batching.policy import BatchPolicy
+from serving.errors import (
+    BackendError,
+    InvalidInput,
+    ModelNotReady,
+    QueueFull,
+    RequestTimeout,
+    ServingError,
+)
+
+logger = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+# One model instance: stacked inputs -> outputs (every output batched when the model batches).
+Runner = Callable[[Arrays], Arrays]
+
+
+class BatchObserver(Protocol):
+    def pending_changed(self, delta: int) -> None: ...
+
+    def execution_finished(
+        self, batch_size: int, compute_input_s: float, compute_infer_s: float,
+        compute_output_s: float,
+    ) -> None: ...
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """One request's outputs plus the timings that statistics need (seconds)."""
+
+    outputs: Arrays
+    queue_s: float
+    compute_input_s: float
+    compute_infer_s: float
+    compute_output_s: float
+    batch_size: int  # size of the whole execution this request was part of
+
+
+class _State(enum.Enum):
+    QUEUED = 1
+    RUNNING = 2
+    DONE = 3
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    inputs: Arrays
+    batch_size: int
+    shape_key: tuple[object, ...]
+    level: int
+    enqueued: float
+    future: asyncio.Future[BatchResult]
+    state: _State = _State.QUEUED
+    timer: TimerHandle | None = None
+    dispatched: float = 0.0
+
+
+@dataclass(slots=True)
+class _Timings:
+    compute_input_s: float
+    compute_infer_s: float
+    compute_output_s: float
+    outputs: list[Arrays] = field(default_factory=list)
+
+
+def _shape_key(inputs: Arrays, batched: bool) -> tuple[object, ...]:
+    skip = 1 if batched else 0
+    return tuple((n, a.dtype.str, a.shape[skip:]) for n, a in sorted(inputs.items()))
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        runners: Sequence[Runner],
+        policy: BatchPolicy,
+        *,
+        clock: Clock | None = None,
+        observer: BatchObserver | None = None,
+        name: str = "model",
+    ) -> None:
+        if not runners:
+            raise ValueError("a batcher needs at least one runner (model instance)")
+        self._runners = list(runners)
+        self._policy = policy
+        self._clock = clock or MonotonicClock()
+        self._observer = observer
+        self._name = name
+        self._queues: list[deque[_Pending]] = [deque() for _ in range(policy.levels)]
+        self._counts = [0] * policy.levels
+        self._free = list(range(len(runners)))[::-1]  # pop() takes instance 0 first
+        self._running = 0
+        self._pool = ThreadPoolExecutor(len(runners), thread_name_prefix=f"infer-{name}")
+        self._delay_timer: TimerHandle | None = None
+        self._delay_deadline = 0.0
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._ids = itertools.count()
+
+    @property
+    def policy(self) -> BatchPolicy:
+        return self._policy
+
+    @property
+    def queued(self) -> int:
+        return sum(self._counts)
+
+    @property
+    def running(self) -> int:
+        """Requests handed to an executor and not yet answered."""
+        return self._running
+
+    @property
+    def instances(self) -> int:
+        return len(self._runners)
+
+    async def submit(
+        self, inputs: Arrays, batch_size: int, *, priority: int = 0, timeout_us: int = 0
+    ) -> BatchResult:
+        """Queue one request and wait for its outputs; raises a ``ServingError`` subclass."""
+        pending = self._enqueue(inputs, batch_size, priority, timeout_us)
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            if pending.state is _State.QUEUED:
+                self._remove(pending)
+                self._guarded_schedule()
+            raise
+
+    def _enqueue(self, inputs: Arrays, batch_size: int, priority: int, timeout_us: int) -> _Pending:
+        if self._closed:
+            raise ModelNotReady(f"model '{self._name}' is unloading")
+        policy = self._policy
+        if policy.max_batch_size > 0 and batch_size > policy.max_batch_size:
+            raise InvalidInput(
+                f"inference request batch-size must be <= {policy.max_batch_size} for "
+                f"'{self._name}', got {batch_size}"
+            )
+        level = policy.level_for(priority)
+        qpolicy = policy.queue_policy(level)
+        timeout = qpolicy.timeout_us(timeout_us)
+        if qpolicy.max_queue_size and self._counts[level] >= qpolicy.max_queue_size:
+            raise QueueFull()
+        now = self._clock.now()
+        pending = _Pending(
+            inputs=inputs,
+            batch_size=batch_size,
+            shape_key=_shape_key(inputs, policy.max_batch_size > 0),
+            level=level,
+            enqueued=now,
+            future=asyncio.get_running_loop().create_future(),
+        )
+        if timeout:
+            pending.timer = self._clock.call_at(
+                now + timeout / 1e6, lambda: self._expire(pending)
+            )
+        self._queues[level].append(pending)
+        self._counts[level] += 1
+        self._idle.clear()
+        self._pending_changed(1)
+        self._guarded_schedule()
+        return pending
+
+    # -- queue bookkeeping -------------------------------------------------------------------
+
+    def _remove(self, pending: _Pending) -> None:
+        """Take a queued request out (lazily: its deque entry is skipped and purged later)."""
+        pending.state = _State.DONE
+        self._counts[pending.level] -= 1
+        if pending.timer is not None:
+            pending.timer.cancel()
+        self._pending_changed(-1)
+        self._check_idle()
+
+    def _expire(self, pending: _Pending) -> None:
+        if pending.state is not _State.QUEUED:
+            return
+        self._remove(pending)
+        if not pending.future.done():
+            pending.future.set_exception(RequestTimeout())
+        self._guarded_schedule()
+
+    def _pending_changed(self, delta: int) -> None:
+        if self._observer is not None:
+            try:
+                self._observer.pending_changed(delta)
+            except Exception:
+                logger.exception("batch observer failed")
+
+    def _check_idle(self) -> None:
+        if self.queued == 0 and self._running == 0:
+            self._idle.set()
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    def _guarded_schedule(self) -> None:
+        try:
+            self._schedule()
+        except Exception:  # a scheduling bug must not strand requests: fail what is queued
+            logger.exception("batch scheduling failed for %s", self._name)
+            self._fail_queued(BackendError("internal batching error"))
+
+    def _schedule(self) -> None:
+        while self._free and self.queued:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._dispatch(batch)
+
+    def _iter_queued(self) -> list[_Pending]:
+        out: list[_Pending] = []
+        for q in self._queues:
+            while q and q[0].state is not _State.QUEUED:
+                q.popleft()
+            out.extend(p for p in q if p.state is _State.QUEUED)
+        return out
+
+    def _next_batch(self) -> list[_Pending] | None:
+        """The batch to run now, or None when the head batch should wait (timer armed)."""
+        policy = self._policy
+        queued = self._iter_queued()
+        head = queued[0]
+        if not policy.dynamic:
+            return [head]
+        limit = policy.max_batch_size
+        chosen: list[_Pending] = []
+        total = 0
+        preferred_cut = 0
+        for p in queued:
+            if p.shape_key != head.shape_key or total + p.batch_size > limit:
+                continue
+            chosen.append(p)
+            total += p.batch_size
+            if total in policy.preferred_batch_sizes:
+                preferred_cut = len(chosen)
+            if total == limit:
+                return chosen
+        if preferred_cut:
+            return chosen[:preferred_cut]
+        delay = policy.max_queue_delay_us / 1e6
+        now = self._clock.now()
+        if delay <= 0 or now - head.enqueued >= delay or len(queued) == 1:
+            return chosen
+        self._arm_delay(head.enqueued + delay)
+        return None
+
+    def _arm_delay(self, deadline: float) -> None:
+        if self._delay_timer is not None and self._delay_deadline == deadline:
+            return
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+        self._delay_deadline = deadline
+        self._delay_timer = self._clock.call_at(deadline, self._on_delay)
+
+    def _on_delay(self) -> None:
+        self._delay_timer = None
+        self._guarded_schedule()
+
+    def _dispatch(self, batch: list[_Pending]) -> None:
+        now = self._clock.now()
+        for p in batch:
+            p.state = _State.RUNNING
+            p.dispatched = now
+            self._counts[p.level] -= 1
+            if p.timer is not None:
+                p.timer.cancel()
+        self._pending_changed(-len(batch))
+        instance = self._free.pop()
+        self._running += len(batch)
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._pool, self._execute, self._runners[instance], batch)
+        fut.add_done_callback(lambda f: self._finished(instance, batch, f))
+
+    def _execute(self, runner: Runner, batch: list[_Pending]) -> _Timings:
+        """Runs in an executor thread: stack, run, check dim 0, split."""
+        clock = self._clock
+        batched = self._policy.max_batch_size > 0
+        t0 = clock.now()
+        if len(batch) == 1:
+            inputs = batch[0].inputs
+        else:
+            inputs = {
+                name: np.concatenate([p.inputs[name] for p in batch], axis=0)
+                for name in batch[0].inputs
+            }
+        t1 = clock.now()
+        outputs = runner(inputs)
+        t2 = clock.now()
+        if not batched:
+            split = [outputs]
+        else:
+            total = sum(p.batch_size for p in batch)
+            for name, arr in outputs.items():
+                if arr.ndim == 0 or arr.shape[0] != total:
+                    raise BackendError(
+                        f"model '{self._name}' returned output '{name}' with shape "
+                        f"{list(arr.shape)}; dim 0 must be the batch size {total}"
+                    )
+            bounds = np.cumsum([0] + [p.batch_size for p in batch])
+            split = [
+                {name: arr[bounds[i] : bounds[i + 1]] for name, arr in outputs.items()}
+                for i in range(len(batch))
+            ]
+        t3 = clock.now()
+        return _Timings(t1 - t0, t2 - t1, t3 - t2, split)
+
+    def _finished(self, instance: int, batch: list[_Pending], fut: asyncio.Future[_Timings]) -> None:
+        try:
+            self._free.append(instance)
+            self._running -= len(batch)
+            error: ServingError | None = None
+            timings: _Timings | None = None
+            try:
+                timings = fut.result()
+            except ServingError as exc:
+                error = exc
+            except (Exception, asyncio.CancelledError) as exc:
+                logger.exception("model '%s' failed on a batch of %d", self._name, len(batch))
+                error = BackendError(f"model '{self._name}' failed: {exc}")
+            size = sum(p.batch_size for p in batch)
+            for i, p in enumerate(batch):
+                p.state = _State.DONE
+                if p.future.done():  # the caller went away meanwhile
+                    continue
+                if timings is None:
+                    p.future.set_exception(error or BackendError("model execution failed"))
+                else:
+                    p.future.set_result(BatchResult(
+                        outputs=timings.outputs[i],
+                        queue_s=p.dispatched - p.enqueued,
+                        compute_input_s=timings.compute_input_s,
+                        compute_infer_s=timings.compute_infer_s,
+                        compute_output_s=timings.compute_output_s,
+                        batch_size=size,
+                    ))
+            if timings is not None and self._observer is not None:
+                self._observer.execution_finished(
+                    size, timings.compute_input_s, timings.compute_infer_s,
+                    timings.compute_output_s,
+                )
+        except Exception:
+            logger.exception("batch completion failed for %s", self._name)
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(BackendError("internal batching error"))
+        finally:
+            self._check_idle()
+            if not self._closed:
+                self._guarded_schedule()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _fail_queued(self, error: ServingError) -> None:
+        for p in self._iter_queued():
+            self._remove(p)
+            if not p.future.done():
+                p.future.set_exception(error)
+        for q in self._queues:
+            q.clear()
+
+    async def drain(self) -> None:
+        """Wait until nothing is queued or running."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        """Refuse new work, fail what is still queued, wait for running batches, stop threads."""
+        self._closed = True
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+        self._fail_queued(ModelNotReady(f"model '{self._name}' was unloaded"))
+        await self._idle.wait()
+        self._pool.shutdown(wait=False)

@@ -1,0 +1,104 @@
+"""Batching and queue policy, read once from a model's ``ModelConfig``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from serving.errors import InvalidInput
+from serving.generated import model_config_pb2
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """Triton ``ModelQueuePolicy`` (timeout action REJECT only)."""
+
+    max_queue_size: int = 0  # 0 = unbounded
+    default_timeout_us: int = 0  # 0 = no timeout
+    allow_timeout_override: bool = False
+
+    def timeout_us(self, requested_us: int) -> int:
+        """Effective queue timeout: a request may only lower the default, and only when allowed."""
+        if requested_us < 0:
+            raise InvalidInput(f"request timeout must be >= 0 microseconds, got {requested_us}")
+        lowers = self.default_timeout_us == 0 or requested_us < self.default_timeout_us
+        if self.allow_timeout_override and requested_us > 0 and lowers:
+            return requested_us
+        return self.default_timeout_us
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """When to form batches; ``max_batch_size == 0`` means the model has no batch dimension."""
+
+    max_batch_size: int = 0
+    dynamic: bool = False  # False: every request runs on its own (Triton's default scheduler)
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    priority_levels: int = 0  # 0 = one level
+    default_priority_level: int = 0
+    default_queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
+    level_policies: dict[int, QueuePolicy] = field(default_factory=dict)
+
+    @property
+    def levels(self) -> int:
+        return max(1, self.priority_levels)
+
+    def level_for(self, priority: int) -> int:
+        """0-based queue index of a request ``priority`` (0 or out of range = the default level)."""
+        if priority < 0:
+            raise InvalidInput(f"request priority must be >= 0, got {priority}")
+        if self.priority_levels == 0:
+            return 0
+        default = self.default_priority_level or self.priority_levels
+        level = priority if 0 < priority <= self.priority_levels else default
+        return level - 1
+
+    def queue_policy(self, level_index: int) -> QueuePolicy:
+        return self.level_policies.get(level_index + 1, self.default_queue_policy)
+
+
+def _queue_policy(msg: model_config_pb2.ModelQueuePolicy) -> QueuePolicy:
+    if msg.timeout_action == model_config_pb2.ModelQueuePolicy.DELAY:
+        logger.warning("queue policy timeout_action DELAY is not supported; requests are rejected")
+    return QueuePolicy(
+        max_queue_size=int(msg.max_queue_size),
+        default_timeout_us=int(msg.default_timeout_microseconds),
+        allow_timeout_override=bool(msg.allow_timeout_override),
+    )
+
+
+def policy_from_config(config: model_config_pb2.ModelConfig) -> BatchPolicy:
+    """Build the policy; raises ``ValueError`` for settings Triton would also refuse."""
+    mbs = int(config.max_batch_size)
+    if mbs < 0:
+        raise ValueError(f"max_batch_size must be >= 0, got {mbs}")
+    if not config.HasField("dynamic_batching"):
+        return BatchPolicy(max_batch_size=mbs)
+    db = config.dynamic_batching
+    preferred = tuple(sorted({int(p) for p in db.preferred_batch_size}))
+    for p in preferred:
+        if p <= 0 or (mbs > 0 and p > mbs):
+            raise ValueError(f"preferred_batch_size {p} must be in [1, max_batch_size={mbs}]")
+    levels = int(db.priority_levels)
+    default_level = int(db.default_priority_level)
+    if levels and not 1 <= default_level <= levels:
+        raise ValueError(f"default_priority_level {default_level} must be in [1, {levels}]")
+    level_policies = {int(k): _queue_policy(v) for k, v in db.priority_queue_policy.items()}
+    for k in level_policies:
+        if not 1 <= k <= max(levels, 1):
+            raise ValueError(f"priority_queue_policy level {k} is outside [1, {levels}]")
+    return BatchPolicy(
+        max_batch_size=mbs,
+        dynamic=mbs > 0,
+        preferred_batch_sizes=preferred,
+        max_queue_delay_us=int(db.max_queue_delay_microseconds),
+        priority_levels=levels,
+        default_priority_level=default_level,
+        default_queue_policy=_queue_policy(db.default_queue_policy)
+        if db.HasField("default_queue_policy")
+        else QueuePolicy(),
+        level_policies=level_policies,
+    )

@@ -1,0 +1,108 @@
+"""One loaded model version: its backend instances, its batcher and its statistics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serving.backends import Backend, BackendSpec, create_backend
+from serving.batching import BatchObserver, Clock, DynamicBatcher, policy_from_config
+from serving.core.stats import StatsRecorder
+from serving.generated import model_config_pb2
+
+logger = logging.getLogger(__name__)
+
+# (model name, version) -> the version's statistics and what its batcher reports to. Statistics
+# are owned by the caller so they survive a reload or a change of instance count.
+ObserverFactory = Callable[[str, str], tuple[StatsRecorder, BatchObserver | None]]
+
+
+@dataclass(eq=False)
+class LoadedVersion:
+    name: str
+    version: str
+    config: model_config_pb2.ModelConfig
+    model_dir: Path
+    backends: list[Backend]
+    batcher: DynamicBatcher
+    stats: StatsRecorder
+    loaded_at: float  # epoch seconds
+    load_seconds: float
+
+    @property
+    def device(self) -> str:
+        return self.backends[0].device if self.backends else "cpu"
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        for backend in self.backends:
+            try:
+                backend.close()
+            except Exception:
+                logger.exception("closing a backend of %s/%s failed", self.name, self.version)
+
+
+def _check_names(config: model_config_pb2.ModelConfig, backend: Backend) -> None:
+    """The config's tensors must exist in the model file, or every request would fail later."""
+    for kind, declared, actual in (
+        ("input", [i.name for i in config.input], backend.input_names),
+        ("output", [o.name for o in config.output], backend.output_names),
+    ):
+        unknown = [n for n in declared if n not in actual]
+        if unknown:
+            raise ValueError(f"config {kind}s {unknown} are not in the model (it has {actual})")
+
+
+def _runner(backend: Backend, outputs: list[str]) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return backend.run(inputs, outputs)
+
+    return run
+
+
+def build_version(
+    config: model_config_pb2.ModelConfig,
+    model_dir: Path,
+    version: str,
+    *,
+    device: str,
+    instances: int,
+    clock: Clock | None,
+    observer_factory: ObserverFactory | None,
+) -> LoadedVersion:
+    """Create ``instances`` backends and the batcher (blocking: call it from a worker thread)."""
+    start = time.perf_counter()
+    spec = BackendSpec(config=config, version_dir=model_dir / version, device=device,
+                       instances=instances)
+    backends: list[Backend] = []
+    try:
+        for _ in range(instances):
+            backend = create_backend(spec)
+            backends.append(backend)
+            _check_names(config, backend)
+    except BaseException:
+        for b in backends:
+            b.close()
+        raise
+    outputs = [o.name for o in config.output]
+    if observer_factory is not None:
+        stats, observer = observer_factory(config.name, version)
+    else:
+        stats, observer = StatsRecorder(config.name, version), None
+    batcher = DynamicBatcher(
+        [_runner(b, outputs) for b in backends],
+        policy_from_config(config),
+        clock=clock,
+        observer=observer,
+        name=f"{config.name}/{version}",
+    )
+    return LoadedVersion(
+        name=config.name, version=version, config=config, model_dir=model_dir,
+        backends=backends, batcher=batcher, stats=stats, loaded_at=time.time(),
+        load_seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,208 @@
+"""The model repository: a Triton-layout store scanned into models, versions and their state.
+
+A model whose load fails is recorded with its error and stays unavailable; every other model is
+still served. Requests for a model's unversioned name go to its default version: the highest
+ready one unless :meth:`ModelRepository.set_default_version` chose another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.batching import Clock
+from serving.core.config import (
+    CONFIG_FILE,
+    available_versions,
+    instance_count,
+    read_config,
+    read_labels,
+    select_versions,
+)
+from serving.core.loaded import LoadedVersion, ObserverFactory, build_version
+from serving.errors import InvalidInput, ModelNotFound, ModelNotReady
+from serving.generated import model_config_pb2
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class ModelEntry:
+    """Everything known about one model directory."""
+
+    name: str
+    model_dir: Path
+    config: model_config_pb2.ModelConfig | None = None
+    labels: list[str] = field(default_factory=list)
+    versions: dict[str, LoadedVersion] = field(default_factory=dict)  # ready versions
+    states: dict[str, tuple[str, str]] = field(default_factory=dict)  # version -> (state, reason)
+    load_error: str | None = None
+    default_version: str | None = None
+    wanted: bool = False  # the server means to serve it (loaded at start or by load_model)
+
+    def ready_versions(self) -> list[str]:
+        return sorted(self.versions, key=int)
+
+
+class ModelRepository:
+    def __init__(
+        self, store: Path | str, *, device: str = "auto", clock: Clock | None = None
+    ) -> None:
+        self.store = Path(store)
+        self.device = device
+        self._clock = clock
+        self._models: dict[str, ModelEntry] = {}
+        self._observer_factory: ObserverFactory | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def set_observer_factory(self, factory: ObserverFactory) -> None:
+        self._observer_factory = factory
+
+    # -- discovery ---------------------------------------------------------------------------
+
+    def scan(self) -> list[str]:
+        """Find model directories in the store (those with a config or version folders)."""
+        if not self.store.is_dir():
+            raise FileNotFoundError(f"model store {self.store} is not a directory")
+        for path in sorted(self.store.iterdir()):
+            if not path.is_dir() or path.name.startswith("."):
+                continue
+            if (path / CONFIG_FILE).is_file() or available_versions(path):
+                self._models.setdefault(path.name, ModelEntry(path.name, path))
+        return sorted(self._models)
+
+    def add_model_dir(self, name: str, path: Path | str) -> None:
+        """Register a model directory that lives outside the store (e.g. an unpacked archive)."""
+        if not name or "/" in name or name.startswith("."):
+            raise InvalidInput(f"invalid model name '{name}'")
+        existing = self._models.get(name)
+        if existing is not None and existing.model_dir != Path(path):
+            raise InvalidInput(f"model '{name}' already exists at {existing.model_dir}")
+        self._models.setdefault(name, ModelEntry(name, Path(path)))
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def entry(self, name: str) -> ModelEntry:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFound(f"Request for unknown model: '{name}' is not found") from None
+
+    def entries(self) -> list[ModelEntry]:
+        return [self._models[n] for n in sorted(self._models)]
+
+    # -- load / unload -----------------------------------------------------------------------
+
+    async def load(self, name: str) -> list[LoadedVersion]:
+        """(Re)load a model; returns versions it replaced (the caller closes them).
+
+        On failure the error is recorded and raised as ``ValueError``/``OSError``; versions
+        that were serving before keep serving.
+        """
+        entry = self.entry(name)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            entry.wanted = True
+            try:
+                config = await asyncio.to_thread(read_config, entry.model_dir, name)
+                versions = select_versions(entry.model_dir, config)
+                labels = read_labels(entry.model_dir, config)
+            except Exception as exc:
+                entry.load_error = str(exc)
+                logger.error("model '%s' failed to load: %s", name, exc)
+                raise
+            for v in versions:
+                entry.states[v] = ("LOADING", "")
+            built: dict[str, LoadedVersion] = {}
+            errors: list[str] = []
+            for v in versions:
+                try:
+                    built[v] = await asyncio.to_thread(
+                        build_version, config, entry.model_dir, v, device=self.device,
+                        instances=instance_count(config), clock=self._clock,
+                        observer_factory=self._observer_factory,
+                    )
+                    entry.states[v] = ("READY", "")
+                except Exception as exc:
+                    logger.error("model '%s' version %s failed to load: %s", name, v, exc)
+                    entry.states[v] = ("UNAVAILABLE", str(exc))
+                    errors.append(f"version {v}: {exc}")
+            if not built:
+                entry.load_error = "; ".join(errors)
+                raise ValueError(f"model '{name}' failed to load: {entry.load_error}")
+            old = entry.versions
+            entry.versions = built
+            entry.config = config
+            entry.labels = labels
+            entry.load_error = "; ".join(errors) or None
+            if entry.default_version not in built:
+                entry.default_version = None
+            for v in old:
+                if v not in built:
+                    entry.states[v] = ("UNAVAILABLE", "unloaded")
+            return list(old.values())
+
+    def unload(self, name: str) -> list[LoadedVersion]:
+        """Stop routing to the model now; returns the versions for the caller to drain/close."""
+        entry = self.entry(name)
+        entry.wanted = False
+        old = list(entry.versions.values())
+        entry.versions = {}
+        entry.default_version = None
+        for v in entry.states:
+            entry.states[v] = ("UNAVAILABLE", "unloaded")
+        return old
+
+    def replace(self, loaded: LoadedVersion) -> LoadedVersion | None:
+        """Swap a rebuilt version in (e.g. another instance count); returns the old one."""
+        entry = self.entry(loaded.name)
+        old = entry.versions.get(loaded.version)
+        entry.versions[loaded.version] = loaded
+        return old
+
+    # -- lookup ------------------------------------------------------------------------------
+
+    def resolve(self, name: str, version: str = "") -> LoadedVersion:
+        """The ready version that serves a request; ModelNotFound / ModelNotReady otherwise."""
+        entry = self.entry(name)
+        if version:
+            if not version.isdigit():
+                raise ModelNotFound(f"Request for unknown model: '{name}' version {version!r}")
+            version = str(int(version))
+            loaded = entry.versions.get(version)
+            if loaded is not None:
+                return loaded
+            if version in entry.states:
+                raise ModelNotReady(f"Request for unavailable model: '{name}' version {version} is not ready")
+            raise ModelNotFound(f"Request for unknown model: '{name}' version {version} is not found")
+        default = self.default_version(name)
+        if default is None:
+            raise ModelNotReady(f"Request for unavailable model: '{name}' has no ready versions")
+        return entry.versions[default]
+
+    def default_version(self, name: str) -> str | None:
+        entry = self.entry(name)
+        if entry.default_version in entry.versions:
+            return entry.default_version
+        ready = entry.ready_versions()
+        return ready[-1] if ready else None
+
+    def set_default_version(self, name: str, version: str) -> None:
+        entry = self.entry(name)
+        if version not in entry.versions:
+            raise ModelNotFound(f"model '{name}' has no ready version '{version}'")
+        entry.default_version = version
+
+    def config_of(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
+        """The config of a version, or of the model when it has none loaded (e.g. unloaded)."""
+        entry = self.entry(name)
+        if version or entry.versions:
+            try:
+                return self.resolve(name, version).config
+            except ModelNotReady:
+                pass
+        if entry.config is None:
+            entry.config = read_config(entry.model_dir, name)
+        return entry.config

@@ -1,0 +1,69 @@
+"""Logging setup: plain text or one JSON object per line, with the current request id.
+
+The request id lives in a ContextVar so every log line written while a request is handled
+carries it, whichever module logs. JSON lines are built with ``json.dumps`` so any message,
+quotes included, stays valid JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import uuid
+from contextvars import ContextVar
+
+request_id_var: ContextVar[str] = ContextVar("capserve_request_id", default="")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", "")
+        if request_id:
+            doc["request_id"] = request_id
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = getattr(record, "request_id", "")
+        return f"{line} [request {request_id}]" if request_id else line
+
+
+def configure_logging(log_format: str = "text", level: str | int = "INFO") -> None:
+    """Route every logger (ours, uvicorn's, grpc's) to stderr in the chosen format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    # uvicorn installs its own handlers only when given a log config; we pass none, so its
+    # loggers propagate here. Access logs per request are too costly on the hot path.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

@@ -1,0 +1,209 @@
+"""Wiring of the whole server: core service, HTTP/gRPC/metrics listeners, graceful lifecycle.
+
+``build_server(settings)`` creates everything and binds nothing; ``await start()`` opens the
+listeners first (so liveness answers while models load) and then loads the store;
+``await stop()`` drains: readiness false at once, listeners stop taking new connections and
+calls, queued and in-flight work finishes within the grace period, then the backends close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import uvicorn
+from grpc import aio
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+
+from serving.core.metrics import Metrics
+from serving.core.repository import ModelRepository
+from serving.core.service import InferenceService
+from serving.settings import Settings
+from serving.transport.auth import ModelControlGate
+from serving.transport.grpc_service import create_grpc_server
+from serving.transport.http_app import create_http_app
+from serving.transport.metrics_http import create_metrics_app
+
+logger = logging.getLogger(__name__)
+
+SERVER_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    kind: str  # "HTTP", "gRPC", "metrics", "management"
+    url: str
+
+
+class _HttpListener:
+    """One uvicorn server driven from our own loop, so the signal handling stays ours."""
+
+    def __init__(self, kind: str, app: Starlette, host: str, port: int, grace_s: float) -> None:
+        self.kind = kind
+        config = uvicorn.Config(
+            app, host=host, port=port, http="httptools", loop="none", lifespan="off",
+            log_config=None, access_log=False, timeout_graceful_shutdown=math.ceil(grace_s),
+            server_header=False,
+        )
+        self.server = uvicorn.Server(config)
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self) -> Listener:
+        config = self.server.config
+        if not config.loaded:
+            config.load()
+        self.server.lifespan = config.lifespan_class(config)
+        await self.server.startup()
+        if not self.server.started:
+            raise OSError(f"{self.kind} listener could not bind {config.host}:{config.port}")
+        # main_loop keeps the Date header fresh; it returns once should_exit is set.
+        self._ticker = asyncio.create_task(self.server.main_loop())
+        sock = self.server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        return Listener(self.kind, f"http://{host}:{port}")
+
+    def _inflight(self) -> int:
+        """Requests inside the core now (the gauge the core keeps for the whole server)."""
+        return int(self.registry.get_sample_value("capserve_inflight_requests") or 0)
+
+    async def stop(self) -> None:
+        """Stop accepting, close idle connections, wait for in-flight requests (up to the grace)."""
+        if self._ticker is None:
+            return
+        self.server.should_exit = True
+        await self._ticker
+        self._ticker = None
+        await self.server.shutdown()
+
+
+@dataclass
+class Extensions:
+    """Extension point for the TorchServe dialect and the management API (wired by the lead).
+
+    ``http_routes`` join the v2 routes on the HTTP port; ``grpc_hooks`` are called with the
+    gRPC server before it starts (e.g. ``add_torchserve_services(server, ...)``);
+    ``management_app`` is served on ``settings.management_host:management_port``.
+    """
+
+    http_routes: Sequence[BaseRoute] = ()
+    grpc_hooks: list[Callable[[aio.Server], None]] = field(default_factory=list)
+    management_app: Starlette | None = None
+
+
+def default_extensions(service: InferenceService, settings: Settings) -> Extensions:
+    # >>> EXTENSION POINT (lead): TorchServe-compatible routes and services. For example:
+    #   from serving.transport.torchserve_http import torchserve_routes
+    #   from serving.transport.torchserve_grpc import add_torchserve_services
+    #   from serving.transport.management_http import create_management_app
+    #   return Extensions(http_routes=torchserve_routes(service, settings),
+    #                     grpc_hooks=[lambda server: add_torchserve_services(server, service, settings)],
+    #                     management_app=create_management_app(service, settings))
+    # <<< EXTENSION POINT
+    return Extensions()
+
+
+class Server:
+    def __init__(
+        self,
+        settings: Settings,
+        service: InferenceService,
+        registry: CollectorRegistry,
+        extensions: Extensions,
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.registry = registry
+        self.listeners: list[Listener] = []
+        gate = ModelControlGate(settings.enable_model_control, settings.api_token())
+        if settings.enable_model_control and settings.api_token_file is None:
+            logger.warning("model control is enabled without --api-token-file: anyone who can "
+                           "reach the server can load and unload models")
+        grace = settings.shutdown_grace_seconds
+        http_app = create_http_app(service, settings, extensions.http_routes, gate=gate)
+        self._http = _HttpListener("HTTP", http_app, settings.host, settings.http_port, grace)
+        self._metrics = _HttpListener(
+            "metrics", create_metrics_app(registry), settings.host, settings.metrics_port, grace
+        )
+        self._management = (
+            _HttpListener("management", extensions.management_app, settings.management_host,
+                          settings.management_port, grace)
+            if extensions.management_app is not None else None
+        )
+        self._grpc = create_grpc_server(service, gate, settings.grpc_max_message_bytes)
+        for hook in extensions.grpc_hooks:
+            hook(self._grpc)
+        self._grpc_started = False
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Bind every listener, then load the model store (liveness answers meanwhile)."""
+        await self.open_listeners()
+        await self.load_models()
+
+    async def open_listeners(self) -> None:
+        s = self.settings
+        address = f"{s.host}:{s.grpc_port}"
+        port = self._grpc.add_insecure_port(address)
+        await self._grpc.start()
+        self._grpc_started = True
+        grpc_host = s.host if ":" not in s.host else f"[{s.host}]"
+        self.listeners = [await self._http.start(), Listener("gRPC", f"{grpc_host}:{port}")]
+        self.listeners.append(await self._metrics.start())
+        if self._management is not None:
+            self.listeners.append(await self._management.start())
+
+    async def load_models(self) -> None:
+        """Load every model of the store; failures are logged per model and the rest serve."""
+        await self.service.start()
+        failures = self.service.load_failures()
+        for name, message in sorted(failures.items()):
+            logger.error("model %s failed to load: %s", name, message)
+
+    def _inflight(self) -> int:
+        """Requests inside the core now (the gauge the core keeps for the whole server)."""
+        return int(self.registry.get_sample_value("capserve_inflight_requests") or 0)
+
+    async def stop(self) -> None:
+        """Graceful drain within ``shutdown_grace_seconds``; safe to call more than once."""
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.settings.shutdown_grace_seconds
+        self.service.begin_drain()
+        logger.info("draining: readiness is false, %d requests in flight (grace %.0f s)",
+                    self._inflight(), grace)
+        stops = [self._http.stop(), self.service.drain(grace)]
+        if self._grpc_started:
+            stops.append(self._grpc.stop(grace))
+        if self._management is not None:
+            stops.append(self._management.stop())
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*stops, return_exceptions=True), grace + 5)
+            for result in results:
+                if isinstance(result, BaseException):
+                    logger.error("error while draining", exc_info=result)
+        except TimeoutError:
+            logger.error("drain did not finish within the grace period; closing anyway")
+        logger.info("drained: %d requests still in flight", self._inflight())
+        await self.service.close()
+        # Metrics last: a scraper can watch the drain until the very end.
+        with contextlib.suppress(Exception):
+            await self._metrics.stop()
+        logger.info("stopped")
+
+
+def build_server(settings: Settings, extensions: Extensions | None = None) -> Server:
+    """Create the registry, metrics, repository, core service and the transports (binds nothing)."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    repository = ModelRepository(settings.model_store, device=settings.device)
+    service = InferenceService(repository, metrics, server_version=SERVER_VERSION)
+    if extensions is None:
+        extensions = default_extensions(service, settings)
+    return Server(settings, service, registry, extensions)

@@ -1,0 +1,97 @@
+"""Server settings: command-line flags and ``CAPSERVE_*`` environment variables.
+
+Every listener binds 127.0.0.1 unless told otherwise; model control and archive code are off.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_image_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CAPSERVE_", use_attribute_docstrings=True, extra="ignore",
+        protected_namespaces=(),
+    )
+
+    model_store: Path = Path("model_store")
+    """Triton-layout model repository to serve (``<model>/config.pbtxt``, ``<model>/<version>/``)."""
+    host: str = "127.0.0.1"
+    """Address every inference and metrics listener binds."""
+    http_port: int = Field(8000, ge=0, le=65535)
+    """HTTP port (KServe v2, Triton extensions, TorchServe inference paths); 0 picks a free one."""
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """gRPC port (Triton GRPCInferenceService, TorchServe inference, grpc.health.v1)."""
+    metrics_port: int = Field(8002, ge=0, le=65535)
+    """Prometheus metrics port (``/metrics``)."""
+    management_port: int = Field(8081, ge=0, le=65535)
+    """TorchServe management API port."""
+    management_host: str = "127.0.0.1"
+    """Address the management listener binds (kept separate so it can stay private)."""
+    device: str = "auto"
+    """Where models run: ``auto`` (CUDA when a GPU is present), ``cpu``, ``cuda`` or ``cuda:N``."""
+    enable_model_control: bool = False
+    """Allow loading and unloading models through the APIs (off: the store is fixed at start)."""
+    api_token_file: Path | None = None
+    """File holding the bearer token for model control and management; must be mode 0600."""
+    max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    """Largest HTTP request body accepted, in bytes."""
+    grpc_max_message_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    """Largest gRPC message received or sent, in bytes."""
+    max_image_pixels: int = Field(40_000_000, gt=0)
+    """Largest decoded image (width x height) an image endpoint accepts, in pixels."""
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    """On SIGTERM: seconds to let queued and running requests finish before stopping."""
+    log_format: Literal["text", "json"] = "text"
+    """Log line format."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """Lowest level that is logged."""
+    allow_archive_code: bool = False
+    """UNSAFE: run Python handler code shipped inside ``.mar`` archives."""
+    image_workers: int = Field(default_factory=_default_image_workers, ge=1)
+    """Threads that decode and resize images for the image endpoints."""
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    def api_token(self) -> str | None:
+        """The API token, or None when no token file is set.
+
+        Raises ``ValueError`` when the file is missing, empty, or readable by group or others.
+        """
+        if self.api_token_file is None:
+            return None
+        path = self.api_token_file
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise ValueError(f"cannot read API token file {path}: {exc.strerror}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ValueError(
+                f"API token file {path} is accessible by group or others (mode "
+                f"{stat.S_IMODE(mode):04o}); it must be 0600: chmod 600 {path}"
+            )
+        token = path.read_text(encoding="utf-8").strip()
+        if not token:
+            raise ValueError(f"API token file {path} is empty")
+        return token

@@ -1,0 +1,1 @@
+"""Image task pipelines: decode/resize/normalise, then top-k, masks, images, capsule answers."""

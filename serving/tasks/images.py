@@ -1,0 +1,192 @@
+"""Image decoding and preprocessing: bytes -> checked Pillow image -> normalised CHW array.
+
+Pure functions (no event loop, no server state) so the server's pipelines and the TorchServe
+handler produce the same tensors. Every failure is an ``InvalidInput`` naming what was wrong, and
+an image with too many pixels is refused from its header, before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from serving.errors import InvalidInput, PayloadTooLarge
+from serving.tasks.spec import TaskSpec
+
+SUPPORTED_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "TIFF", "WEBP")
+_FORMAT_NAMES = "PNG, JPEG, BMP, GIF, TIFF, WebP"
+# Magic numbers of things people send by mistake, for a more helpful message.
+_NOT_IMAGES = ((b"{", "JSON"), (b"[", "JSON"), (b"PK\x03\x04", "a ZIP archive"),
+               (b"%PDF", "a PDF document"), (b"<", "HTML/XML text"))
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A decoded image and the size it had when it arrived (after EXIF orientation)."""
+
+    image: Image.Image
+    width: int
+    height: int
+
+
+def decode_image(data: bytes, max_pixels: int) -> Decoded:
+    """Decode one image; first frame of animations, EXIF orientation applied."""
+    if not data:
+        raise InvalidInput("empty image: the request carried 0 bytes of image data")
+    try:
+        with warnings.catch_warnings():
+            # Our own limit below replaces Pillow's warning; its hard error is still caught.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"image refused before decoding: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InvalidInput(_unidentified(data, exc)) from None
+    fmt = image.format or "unknown"
+    if fmt not in SUPPORTED_FORMATS:
+        raise InvalidInput(f"unsupported image format {fmt} (supported: {_FORMAT_NAMES})")
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InvalidInput(f"{fmt} image declares an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"{fmt} image is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels} pixels (max_image_pixels)")
+    try:
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)  # animated GIF/WebP, multi-page TIFF: the first frame
+        image.load()
+        upright: Image.Image = ImageOps.exif_transpose(image) or image
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"image refused: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error) as exc:
+        raise InvalidInput(f"cannot decode {fmt} image ({width}x{height}, {len(data)} bytes): "
+                           f"{exc or type(exc).__name__}; the file is truncated or corrupt") from None
+    return Decoded(image=upright, width=upright.size[0], height=upright.size[1])
+
+
+def _unidentified(data: bytes, exc: Exception) -> str:
+    head = data[:16].lstrip()
+    for magic, what in _NOT_IMAGES:
+        if head.startswith(magic):
+            return f"the body is {what}, not an image (supported: {_FORMAT_NAMES})"
+    if _looks_like_text(data[:512]):
+        return f"the body is text, not an image (supported: {_FORMAT_NAMES})"
+    for magic, fmt in ((b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"),
+                       (b"BM", "BMP"), (b"RIFF", "WebP"), (b"II*\x00", "TIFF"),
+                       (b"MM\x00*", "TIFF")):
+        if data.startswith(magic):
+            return f"cannot read {fmt} header ({len(data)} bytes): truncated or corrupt ({exc})"
+    return (f"cannot identify an image in {len(data)} bytes of data "
+            f"(supported: {_FORMAT_NAMES})")
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(ch.isprintable() or ch in "\r\n\t" for ch in text)
+
+
+def to_color(image: Image.Image, color: str) -> Image.Image:
+    """Convert any decoded mode (16-bit, float, palette, CMYK, alpha, 1-bit) to ``L`` or ``RGB``."""
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        # 16/32-bit and float greyscale: scale to 8 bits instead of clipping at 255.
+        arr = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        if mode == "F" and arr.max(initial=0) <= 1.0:
+            top = 1.0
+        grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        image = Image.fromarray(grey, mode="L")
+        mode = "L"
+    if mode in ("P", "PA") or (mode in ("L", "RGB") and "transparency" in image.info):
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode == color:
+        return image
+    if color == "L" and mode in ("LA", "1"):
+        return image.convert("L")
+    if color == "L" and mode in ("RGB", "RGBA"):
+        return image.convert("L")
+    rgb = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBA, LA, 1 ...
+    return rgb.convert("L") if color == "L" else rgb
+
+
+def resize_for(spec: TaskSpec, image: Image.Image) -> Image.Image:
+    """Apply the model's resize policy; fully convolutional models keep the size up to max_side."""
+    width, height = image.size
+    if spec.resize == "none":
+        if min(width, height) < spec.min_side:
+            raise InvalidInput(
+                f"image is {width}x{height}; model '{spec.model}' needs each side to be at least "
+                f"{spec.min_side} pixels")
+        longest = max(width, height)
+        if spec.max_side and longest > spec.max_side:
+            scale = spec.max_side / longest
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            return image.resize(size, Image.Resampling.BILINEAR)
+        return image
+    target_w, target_h = spec.width, spec.height
+    if target_w <= 0 or target_h <= 0:
+        raise InvalidInput(f"model '{spec.model}' has resize '{spec.resize}' but no "
+                           "input_height/input_width parameters")
+    if spec.resize == "exact":
+        return image.resize((target_w, target_h), Image.Resampling.BILINEAR)
+    if spec.resize == "keep_aspect_pad":
+        scale = min(target_w / width, target_h / height)
+    else:  # keep_aspect_crop
+        scale = max(target_w / width, target_h / height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    scaled = image.resize(size, Image.Resampling.BILINEAR)
+    if spec.resize == "keep_aspect_crop":
+        left, top = (size[0] - target_w) // 2, (size[1] - target_h) // 2
+        return scaled.crop((left, top, left + target_w, top + target_h))
+    canvas = Image.new(scaled.mode, (target_w, target_h))
+    canvas.paste(scaled, ((target_w - size[0]) // 2, (target_h - size[1]) // 2))
+    return canvas
+
+
+def normalize(spec: TaskSpec, image: Image.Image) -> np.ndarray:
+    """``(pixels / 255 - mean) / std`` as float32 CHW."""
+    arr = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    arr = (arr - mean) / std
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A model input for one image plus what post-processing needs to know about the image."""
+
+    tensor: np.ndarray  # float32 CHW
+    original_size: tuple[int, int]  # (width, height) as received
+    fed_size: tuple[int, int]  # (width, height) given to the model
+
+
+def prepare(spec: TaskSpec, data: bytes, max_pixels: int) -> Prepared:
+    """Decode, convert, resize and normalise one image for ``spec``'s model."""
+    decoded = decode_image(data, max_pixels)
+    image = resize_for(spec, to_color(decoded.image, spec.color))
+    return Prepared(tensor=normalize(spec, image), original_size=(decoded.width, decoded.height),
+                    fed_size=image.size)
+
+
+def encode_image(array_hwc: np.ndarray, fmt: str, quality: int = 95) -> bytes:
+    """Encode a uint8 HWC (or HW) array as PNG or JPEG."""
+    image = Image.fromarray(array_hwc)
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    else:
+        image.save(buf, format="PNG")
+    return buf.getvalue()

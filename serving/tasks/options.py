@@ -1,0 +1,66 @@
+"""Per-request choices of the image pipelines (query parameters and the Accept header)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from serving.errors import InvalidInput
+
+FORMATS = ("json", "png", "jpeg")
+MAX_TOPK = 1000
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    topk: int = 5
+    format: str = ""  # "" = the task's default (JSON, or PNG for masks and images)
+    poses: bool = False
+    reconstruction: bool = False
+    probabilities: bool = False
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str], accept: str = "") -> TaskOptions:
+        """Read ``topk``, ``format``, ``poses``, ``reconstruction``, ``probabilities``; an
+        explicit ``format`` wins over ``Accept``; ``*/*`` leaves the task's default."""
+        raw_k = query.get("topk", query.get("top_k", "5"))
+        try:
+            k = int(raw_k)
+        except ValueError:
+            raise InvalidInput(f"topk must be an integer, got '{raw_k}'") from None
+        if not 1 <= k <= MAX_TOPK:
+            raise InvalidInput(f"topk must be between 1 and {MAX_TOPK}, got {k}")
+        fmt = query.get("format", "").lower()
+        if fmt == "jpg":
+            fmt = "jpeg"
+        if fmt and fmt not in FORMATS:
+            raise InvalidInput(f"format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+        if not fmt:
+            fmt = _from_accept(accept)
+        return cls(topk=k, format=fmt, poses=_flag(query, "poses"),
+                   reconstruction=_flag(query, "reconstruction"),
+                   probabilities=_flag(query, "probabilities"))
+
+
+def _flag(query: Mapping[str, str], key: str) -> bool:
+    value = query.get(key, "").lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidInput(f"{key} must be true or false, got '{value}'")
+
+
+def _from_accept(accept: str) -> str:
+    # The first specific type named wins; clients like curl send */* which means "any".
+    for part in accept.split(","):
+        media = part.split(";")[0].strip().lower()
+        if media == "application/json":
+            return "json"
+        if media == "image/png":
+            return "png"
+        if media in ("image/jpeg", "image/jpg"):
+            return "jpeg"
+    return ""

@@ -1,0 +1,219 @@
+"""Image task pipelines in the server: images -> core inference -> answers.
+
+Each image becomes its own inference request; the core's dynamic batcher merges concurrent ones
+(images of one request and of other requests alike), and fully convolutional models can take
+images of different sizes without padding. Decoding and encoding run in a bounded thread pool so
+the event loop never blocks on Pillow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from serving.core.types import InferRequest, RequestedOutput, Tensor
+from serving.errors import InvalidInput
+from serving.tasks import explain as explain_mod
+from serving.tasks import postprocess as post
+from serving.tasks.images import Prepared, prepare
+from serving.tasks.options import TaskOptions
+from serving.tasks.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from serving.core.service import InferenceService
+    from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_IMAGES_PER_REQUEST = 64
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    body: bytes
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Model:
+    spec: TaskSpec
+    labels: list[str]
+    input_name: str
+    batched: bool
+    output_names: list[str]
+
+
+class TaskRegistry:
+    """Chooses each model's pipeline from its config parameters and runs it."""
+
+    def __init__(self, service: InferenceService, settings: Settings) -> None:
+        self._service = service
+        self._max_pixels = int(settings.max_image_pixels)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, int(settings.image_workers)),
+                                        thread_name_prefix="capserve-image")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+
+    def _model(self, name: str, version: str) -> _Model:
+        params = self._service.model_parameters(name, version)  # ModelNotFound for unknown
+        spec = TaskSpec.from_parameters(name, params)
+        config = self._service.model_config(name, version)
+        if not config.input:
+            raise InvalidInput(f"model '{name}' declares no input")
+        return _Model(spec=spec, labels=list(self._service.model_labels(name, version)),
+                      input_name=config.input[0].name, batched=config.max_batch_size > 0,
+                      output_names=[o.name for o in config.output])
+
+    async def _prepare_all(self, spec: TaskSpec, images: Sequence[bytes]) -> list[Prepared]:
+        if not images:
+            raise InvalidInput("no image in the request (send the image as the body or as "
+                               "multipart field 'data')")
+        if len(images) > MAX_IMAGES_PER_REQUEST:
+            raise InvalidInput(f"{len(images)} images in one request; the limit is "
+                               f"{MAX_IMAGES_PER_REQUEST}")
+        return list(await asyncio.gather(
+            *(self._run(prepare, spec, img, self._max_pixels) for img in images)))
+
+    async def _infer(self, model: _Model, version: str, tensor: np.ndarray,
+                     outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        data = tensor[None] if model.batched else tensor
+        request = InferRequest(
+            model_name=model.spec.model, model_version=version,
+            inputs=[Tensor(model.input_name, "FP32", tuple(data.shape), data)],
+            outputs=[RequestedOutput(name) for name in outputs])
+        response = await self._service.infer(request)
+        return {t.name: (t.data[0] if model.batched else t.data) for t in response.outputs}
+
+    def _wanted(self, model: _Model, options: TaskOptions, explain: bool) -> list[str]:
+        names = model.output_names
+        if model.spec.task != "capsule_classification":
+            return names[:1]
+        wanted = ["lengths"]
+        if options.poses or explain:
+            wanted.append("poses")
+        if options.reconstruction or explain:
+            wanted.append("reconstruction")
+        missing = [n for n in wanted if n not in names]
+        if missing:
+            raise InvalidInput(f"capsule model '{model.spec.model}' lacks output(s) "
+                               f"{', '.join(missing)}")
+        return wanted
+
+    async def predict(self, model: str, version: str, images: Sequence[bytes],
+                      options: TaskOptions) -> list[TaskResult]:
+        """One answer per image, in order."""
+        entry = self._model(model, version)
+        prepared = await self._prepare_all(entry.spec, images)
+        wanted = self._wanted(entry, options, explain=False)
+        outputs = await asyncio.gather(
+            *(self._infer(entry, version, p.tensor, wanted) for p in prepared))
+        return list(await asyncio.gather(
+            *(self._run(render, entry.spec, entry.labels, p, out, options)
+              for p, out in zip(prepared, outputs, strict=True))))
+
+    async def explain(self, model: str, version: str, images: Sequence[bytes],
+                      options: TaskOptions) -> list[TaskResult]:
+        """CapsNet: poses, reconstruction and the pose-perturbation grid per image."""
+        entry = self._model(model, version)
+        if entry.spec.task != "capsule_classification":
+            raise InvalidInput(f"explanations are available for capsule models only; "
+                               f"'{model}' is a {entry.spec.task} model")
+        decoder_name = entry.spec.decoder_model
+        if not decoder_name:
+            raise InvalidInput(f"capsule model '{model}' names no decoder_model parameter")
+        decoder = self._service.model_config(decoder_name)
+        prepared = await self._prepare_all(entry.spec, images)
+        wanted = self._wanted(entry, options, explain=True)
+        outputs = await asyncio.gather(
+            *(self._infer(entry, version, p.tensor, wanted) for p in prepared))
+        results = []
+        for out in outputs:
+            cls = int(np.argmax(out["lengths"]))
+            variants = explain_mod.perturbed_poses(out["poses"], cls)
+            chunk = decoder.max_batch_size or 1
+            # Every chunk is its own request, so the decoder's batcher runs them side by side.
+            chunks = await asyncio.gather(*(
+                self._decode(decoder_name, decoder.input[0].name, variants[i:i + chunk],
+                             batched=decoder.max_batch_size > 0,
+                             output=decoder.output[0].name)
+                for i in range(0, len(variants), chunk)))
+            recon = np.concatenate(chunks, axis=0)
+            results.append(await self._run(render_explanation, entry.labels, out, recon,
+                                           options))
+        return results
+
+    async def _decode(self, name: str, input_name: str, poses: np.ndarray, *, batched: bool,
+                      output: str) -> np.ndarray:
+        if not batched:
+            parts = [await self._decode(name, input_name, p[None], batched=True, output=output)
+                     for p in poses]  # unbatched decoder: one pose set per request
+            return np.concatenate(parts, axis=0)
+        request = InferRequest(model_name=name, inputs=[
+            Tensor(input_name, "FP32", tuple(poses.shape), np.ascontiguousarray(poses))],
+            outputs=[RequestedOutput(output)])
+        response = await self._service.infer(request)
+        return response.outputs[0].data
+
+
+def render(spec: TaskSpec, labels: Sequence[str], prepared: Prepared,
+           outputs: dict[str, np.ndarray], options: TaskOptions) -> TaskResult:
+    """Post-process one image's outputs into the bytes the client receives."""
+    task = spec.task
+    if task == "classification":
+        (logits,) = outputs.values()
+        body = post.classification(logits, labels, options.topk, spec.output_semantics or "logits")
+        return TaskResult(post.dumps(body), post.JSON)
+    if task == "segmentation":
+        (logits,) = outputs.values()
+        if options.format == "json" or options.probabilities:
+            body_json = post.segmentation_json(logits, labels, prepared.original_size,
+                                               options.probabilities)
+            return TaskResult(post.dumps(body_json), post.JSON)
+        if options.format == "jpeg":
+            raise InvalidInput("segmentation masks are PNG or JSON, not JPEG")
+        mask = post.mask_at(logits, prepared.original_size)
+        return TaskResult(post.mask_png(mask, logits.shape[0]), post.PNG)
+    if task == "style_transfer":
+        (image,) = outputs.values()
+        if options.format == "json":
+            raise InvalidInput("style transfer answers with an image: format png or jpeg")
+        body_bytes, ctype = post.style_image(image, options.format or "png")
+        return TaskResult(body_bytes, ctype)
+    # capsule_classification
+    if options.format in ("png", "jpeg"):
+        raise InvalidInput("capsule classification answers with JSON")
+    capsule = post.capsule(outputs["lengths"], labels, options.topk,
+                           outputs.get("poses") if options.poses else None,
+                           outputs.get("reconstruction") if options.reconstruction else None)
+    return TaskResult(post.dumps(capsule), post.JSON)
+
+
+def render_explanation(labels: Sequence[str], outputs: dict[str, np.ndarray],
+                       recon: np.ndarray, options: TaskOptions) -> TaskResult:
+    lengths, poses = outputs["lengths"], outputs["poses"]
+    grid = explain_mod.grid_png(recon, dims=poses.shape[1])
+    if options.format == "png":
+        return TaskResult(grid, post.PNG)
+    cls = int(np.argmax(lengths))
+    body = post.capsule(lengths, labels, options.topk, None, outputs["reconstruction"])
+    body["pose"] = np.round(poses[cls].astype(np.float64), 6).tolist()
+    body["poses"] = np.round(poses.astype(np.float64), 6).tolist()
+    body["perturbation"] = {
+        "steps": [round(float(s), 4) for s in explain_mod.STEPS],
+        "rows": "pose dimension", "columns": "added value",
+        "grid_png": base64.b64encode(grid).decode("ascii"),
+    }
+    return TaskResult(post.dumps(body), post.JSON)

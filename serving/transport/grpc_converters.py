@@ -1,0 +1,223 @@
+"""Triton/KServe v2 protobuf messages <-> the neutral core types (the only bridge between them).
+
+The servicer never reads a protobuf field itself: requests become :class:`InferRequest` here and
+every answer of the core becomes its response message here, so the rules of the wire format
+(raw vs typed contents, BYTES length prefixes, parameter oneofs) live in one module.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from serving.core import datatypes
+from serving.core.stats import ModelStats, StatDuration
+from serving.core.types import (
+    InferRequest,
+    InferResponse,
+    ModelIndexEntry,
+    ModelMetadata,
+    ParamValue,
+    RequestedOutput,
+    ServerMetadata,
+    Tensor,
+)
+from serving.errors import InvalidInput
+from serving.generated import grpc_service_pb2 as pb
+
+# Typed contents field per datatype (FP16/BF16 travel raw only, as the protocol says).
+_CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_CLASSIFICATION = "classification"
+
+
+def param_value(param: pb.InferParameter) -> ParamValue:
+    """The Python value of an ``InferParameter`` oneof (priority may come as uint64 or int64)."""
+    which = param.WhichOneof("parameter_choice")
+    if which is None:
+        raise InvalidInput("an InferParameter has no value set")
+    value: ParamValue = getattr(param, which)
+    return value
+
+
+def params_to_types(params: Any) -> dict[str, ParamValue]:
+    return {key: param_value(value) for key, value in params.items()}
+
+
+def params_from_types(target: Any, params: dict[str, ParamValue]) -> None:
+    for key, value in params.items():
+        slot = target[key]
+        if isinstance(value, bool):
+            slot.bool_param = value
+        elif isinstance(value, int):
+            slot.int64_param = value
+        elif isinstance(value, float):
+            slot.double_param = value
+        else:
+            slot.string_param = str(value)
+
+
+def _typed_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: tuple[int, ...]) -> np.ndarray:
+    name, datatype = tensor.name, tensor.datatype
+    field_name = _CONTENTS_FIELD.get(datatype)
+    if field_name is None:
+        raise InvalidInput(
+            f"input '{name}': {datatype} data cannot travel in typed 'contents'; use raw_input_contents"
+        )
+    values = getattr(tensor.contents, field_name)
+    expected = math.prod(shape)
+    if len(values) != expected:
+        raise InvalidInput(
+            f"input '{name}': contents.{field_name} holds {len(values)} elements, "
+            f"shape {list(shape)} needs {expected}"
+        )
+    if datatype == "BYTES":
+        arr = np.empty(expected, dtype=object)
+        arr[:] = list(values)
+    else:
+        arr = np.asarray(values, dtype=datatypes.triton_to_numpy(datatype))
+    return arr.reshape(shape)
+
+
+def infer_request_to_types(msg: pb.ModelInferRequest) -> InferRequest:
+    """A ``ModelInferRequest`` as the neutral request; raw and typed contents never mixed."""
+    raw = msg.raw_input_contents
+    if raw and any(t.HasField("contents") for t in msg.inputs):
+        raise InvalidInput("inputs must use either raw_input_contents or typed contents, not both")
+    if raw and len(raw) != len(msg.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs"
+        )
+    inputs: list[Tensor] = []
+    for i, tensor in enumerate(msg.inputs):
+        if any(d < 0 for d in tensor.shape):
+            raise InvalidInput(f"input '{tensor.name}': shape {list(tensor.shape)} has a negative dim")
+        shape = tuple(tensor.shape)
+        if raw:
+            data = datatypes.array_from_raw(raw[i], tensor.datatype, shape, tensor.name)
+        else:
+            data = _typed_contents(tensor, shape)
+        inputs.append(Tensor(
+            name=tensor.name, datatype=tensor.datatype, shape=shape, data=data,
+            parameters=params_to_types(tensor.parameters),
+        ))
+    outputs: list[RequestedOutput] = []
+    for out in msg.outputs:
+        params = params_to_types(out.parameters)
+        class_count = params.pop(_CLASSIFICATION, 0)
+        if not isinstance(class_count, int) or isinstance(class_count, bool) or class_count < 0:
+            raise InvalidInput(f"output '{out.name}': 'classification' must be a non-negative integer")
+        outputs.append(RequestedOutput(name=out.name, class_count=class_count, parameters=params))
+    return InferRequest(
+        model_name=msg.model_name, model_version=msg.model_version, inputs=inputs, id=msg.id,
+        outputs=outputs, parameters=params_to_types(msg.parameters),
+    )
+
+
+def infer_response_from_types(resp: InferResponse) -> pb.ModelInferResponse:
+    """The neutral response as a ``ModelInferResponse``; outputs always in raw_output_contents."""
+    msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
+    params_from_types(msg.parameters, resp.parameters)
+    for tensor in resp.outputs:
+        out = msg.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        params_from_types(out.parameters, tensor.parameters)
+        msg.raw_output_contents.append(datatypes.array_to_raw(tensor.data, tensor.datatype))
+    return msg
+
+
+def server_metadata_from_types(meta: ServerMetadata) -> pb.ServerMetadataResponse:
+    return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
+
+
+def model_metadata_from_types(meta: ModelMetadata) -> pb.ModelMetadataResponse:
+    msg = pb.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform)
+    for t in meta.inputs:
+        msg.inputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+    for t in meta.outputs:
+        msg.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+    return msg
+
+
+def _duration(target: Any, value: StatDuration) -> None:
+    target.count = value.count
+    target.ns = value.ns
+
+
+def statistics_from_types(stats: list[ModelStats]) -> pb.ModelStatisticsResponse:
+    msg = pb.ModelStatisticsResponse()
+    for s in stats:
+        entry = msg.model_stats.add(
+            name=s.name, version=s.version, last_inference=s.last_inference,
+            inference_count=s.inference_count, execution_count=s.execution_count,
+        )
+        inf = entry.inference_stats
+        for part in ("success", "fail", "queue", "compute_input", "compute_infer",
+                     "compute_output", "cache_hit", "cache_miss"):
+            _duration(getattr(inf, part), getattr(s, part))
+        for b in s.batch_stats:
+            batch = entry.batch_stats.add(batch_size=b.batch_size)
+            _duration(batch.compute_input, b.compute_input)
+            _duration(batch.compute_infer, b.compute_infer)
+            _duration(batch.compute_output, b.compute_output)
+    return msg
+
+
+def repository_index_from_types(entries: list[ModelIndexEntry]) -> pb.RepositoryIndexResponse:
+    msg = pb.RepositoryIndexResponse()
+    for e in entries:
+        msg.models.add(name=e.name, version=e.version, state=e.state, reason=e.reason)
+    return msg
+
+
+# --------------------------------------------------------------------------- JSON forms
+
+_INT64_TYPES = {
+    FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64,
+}
+
+
+def _int64_as_numbers(doc: Any, descriptor: Any) -> None:
+    """Protobuf JSON prints 64-bit integers as strings; v2 clients want JSON numbers."""
+    if not isinstance(doc, dict):
+        return
+    for fd in descriptor.fields:
+        if fd.name not in doc:
+            continue
+        value = doc[fd.name]
+        if fd.message_type is not None:
+            if fd.message_type.GetOptions().map_entry:
+                value_fd = fd.message_type.fields_by_name["value"]
+                for key in list(value):
+                    if value_fd.message_type is not None:
+                        _int64_as_numbers(value[key], value_fd.message_type)
+                    elif value_fd.type in _INT64_TYPES:
+                        value[key] = int(value[key])
+            elif isinstance(value, list):
+                for item in value:
+                    _int64_as_numbers(item, fd.message_type)
+            else:
+                _int64_as_numbers(value, fd.message_type)
+        elif fd.type in _INT64_TYPES:
+            doc[fd.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+
+
+def message_to_json_dict(msg: Message) -> dict[str, Any]:
+    """Triton's JSON form of a message: snake_case names, every primitive printed, int64 as numbers."""
+    doc: dict[str, Any] = json_format.MessageToDict(
+        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    _int64_as_numbers(doc, msg.DESCRIPTOR)
+    return doc

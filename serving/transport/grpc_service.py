@@ -1,0 +1,231 @@
+"""gRPC transport: Triton's ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health``.
+
+Thin by design: each method converts the message (``grpc_converters``), calls the core
+:class:`InferenceService`, converts the answer back; ``grpc_errors`` maps any failure through the
+one error table. Triton RPCs capserve does not implement (shared memory, trace, log settings)
+answer UNIMPLEMENTED with a message saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from serving.core.service import InferenceService
+from serving.errors import Unsupported
+from serving.generated import grpc_service_pb2 as pb
+from serving.generated import grpc_service_pb2_grpc as pb_grpc
+from serving.generated import health_pb2, health_pb2_grpc
+from serving.logs import new_request_id, request_id_var
+from serving.transport import grpc_converters as conv
+from serving.transport.auth import ModelControlGate
+from serving.transport.errors import grpc_errors, grpc_status_message
+
+logger = logging.getLogger(__name__)
+
+_UNSUPPORTED_RPCS = (
+    "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
+    "TraceSetting", "LogSettings",
+)
+
+
+def _metadata_value(context: aio.ServicerContext, key: str) -> str | None:
+    for item_key, value in context.invocation_metadata() or ():
+        if item_key == key:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+def _unsupported(rpc: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+    async def method(self: object, request: object, context: aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is not supported by capserve")
+
+    method.__name__ = rpc
+    return method
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """The v2 protocol over gRPC, backed by the protocol-neutral core."""
+
+    def __init__(self, service: InferenceService, gate: ModelControlGate) -> None:
+        self._service = service
+        self._gate = gate
+
+    @grpc_errors
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: aio.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._service.server_live())
+
+    @grpc_errors
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: aio.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._service.server_ready())
+
+    @grpc_errors
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: aio.ServicerContext) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._service.model_ready(request.name, request.version))
+
+    @grpc_errors
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return conv.server_metadata_from_types(self._service.server_metadata())
+
+    @grpc_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        return conv.model_metadata_from_types(self._service.model_metadata(request.name, request.version))
+
+    @grpc_errors
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: aio.ServicerContext) -> pb.ModelConfigResponse:
+        response = pb.ModelConfigResponse()
+        response.config.CopyFrom(self._service.model_config(request.name, request.version))
+        return response
+
+    @grpc_errors
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        return conv.statistics_from_types(self._service.model_statistics(request.name, request.version))
+
+    @grpc_errors
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: aio.ServicerContext) -> pb.ModelInferResponse:
+        return await self._infer(request)
+
+    async def _infer(self, message: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        request_id_var.set(message.id or new_request_id())
+        request = conv.infer_request_to_types(message)
+        return conv.infer_response_from_types(await self._service.infer(request))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests of one stream run concurrently; an error answers that request and the stream goes on."""
+        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def answer(message: pb.ModelInferRequest) -> None:
+            try:
+                response = pb.ModelStreamInferResponse(infer_response=await self._infer(message))
+            except Exception as exc:
+                response = pb.ModelStreamInferResponse(error_message=grpc_status_message(exc))
+                response.infer_response.model_name = message.model_name
+                response.infer_response.model_version = message.model_version
+                response.infer_response.id = message.id
+            out.put_nowait(response)
+
+        async def read() -> None:
+            try:
+                async for message in request_iterator:
+                    task = asyncio.create_task(answer(message))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                while pending:
+                    await asyncio.wait(set(pending))
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    @grpc_errors
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        self._gate.check(_metadata_value(context, "authorization"))
+        return conv.repository_index_from_types(self._service.repository_index(ready_only=request.ready))
+
+    @grpc_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        self._gate.check(_metadata_value(context, "authorization"))
+        _refuse_load_parameters(request)
+        await self._service.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @grpc_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        self._gate.check(_metadata_value(context, "authorization"))
+        await self._service.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _refuse_load_parameters(request: pb.RepositoryModelLoadRequest) -> None:
+    # Config overrides and model bytes in load parameters would let a client write and run
+    # arbitrary models; capserve loads only what the operator put in the store.
+    if request.parameters:
+        names = ", ".join(sorted(request.parameters))
+        raise Unsupported(f"load parameters ({names}) are not supported; models come from the store only")
+
+
+for _rpc in _UNSUPPORTED_RPCS:
+    setattr(InferenceServicer, _rpc, _unsupported(_rpc))
+
+
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """Standard gRPC health: service "" = the whole server, else a model name or the v2 service."""
+
+    WATCH_INTERVAL_S = 0.5
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    def _status(self, name: str) -> health_pb2.HealthCheckResponse.ServingStatus | None:
+        serving, not_serving = (health_pb2.HealthCheckResponse.SERVING,
+                                health_pb2.HealthCheckResponse.NOT_SERVING)
+        if name in ("", "inference.GRPCInferenceService"):
+            return serving if self._service.server_ready() else not_serving
+        if name in self._service.model_names():
+            return serving if self._service.model_ready(name) else not_serving
+        return None
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._status(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        last: health_pb2.HealthCheckResponse.ServingStatus | None | str = "initial"
+        while True:
+            status = self._status(request.service)
+            if status != last:
+                yield health_pb2.HealthCheckResponse(
+                    status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN if status is None else status
+                )
+                last = status
+            await asyncio.sleep(self.WATCH_INTERVAL_S)
+
+
+def create_grpc_server(
+    service: InferenceService, gate: ModelControlGate, max_message_bytes: int
+) -> aio.Server:
+    """A grpc.aio server with the v2 and health services (the caller binds and starts it)."""
+    options = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Without this a second server could bind the same port and silently steal traffic.
+        ("grpc.so_reuseport", 0),
+    ]
+    server = aio.server(options=options)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, gate), server)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(service), server)
+    return server

@@ -1,0 +1,297 @@
+"""KServe v2 HTTP bodies <-> neutral types: JSON tensors, the binary tensor data extension, gzip/deflate.
+
+Pure functions, no web framework: the HTTP app reads the body and headers, and these turn them
+into an :class:`InferRequest` and an :class:`InferResponse` back into bytes. Tensor payloads go
+through numpy in one call per tensor (``np.asarray`` on the JSON list, ``np.frombuffer`` on a
+binary chunk), never element by element, except BYTES whose elements are separate objects anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving.core import datatypes
+from serving.core.types import InferRequest, InferResponse, ParamValue, RequestedOutput, Tensor
+from serving.errors import InvalidInput, PayloadTooLarge
+
+HEADER_LENGTH = "inference-header-content-length"
+
+# Parameters that steer the wire encoding; they are consumed here and never reach the core.
+_BINARY_SIZE = "binary_data_size"
+_BINARY_OUTPUT = "binary_data_output"
+_BINARY = "binary_data"
+_CLASSIFICATION = "classification"
+
+
+@dataclass(slots=True)
+class DecodedRequest:
+    """An infer request plus how the client wants each output encoded."""
+
+    request: InferRequest
+    binary_default: bool = False  # request parameter binary_data_output
+    binary_outputs: dict[str, bool] = field(default_factory=dict)  # per requested output
+
+
+# --------------------------------------------------------------------------- compression
+
+
+def decompress(body: bytes, encoding: str, limit_bytes: int) -> bytes:
+    """Undo ``Content-Encoding`` gzip/deflate; the inflated size is bounded too (zip bombs)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding == "gzip":
+        wbits_options = [16 + zlib.MAX_WBITS]
+    elif encoding == "deflate":
+        # HTTP "deflate" means a zlib stream, but some clients send raw deflate: accept both.
+        wbits_options = [zlib.MAX_WBITS, -zlib.MAX_WBITS]
+    else:
+        raise InvalidInput(f"unsupported Content-Encoding '{encoding}' (use gzip or deflate)")
+    last_error: zlib.error | None = None
+    for wbits in wbits_options:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, limit_bytes + 1)
+        except zlib.error as exc:
+            last_error = exc
+            continue
+        if len(out) > limit_bytes or inflater.unconsumed_tail:
+            raise PayloadTooLarge(
+                f"decompressed request body exceeds the limit of {limit_bytes} bytes"
+            )
+        return out
+    raise InvalidInput(f"request body is not valid {encoding} data: {last_error}")
+
+
+def pick_response_encoding(accept_encoding: str | None) -> str | None:
+    """gzip or deflate when the client's ``Accept-Encoding`` allows it, else None."""
+    if not accept_encoding:
+        return None
+    accepted: dict[str, float] = {}
+    for token in accept_encoding.split(","):
+        name, _, params = token.strip().partition(";")
+        q = 1.0
+        params = params.strip()
+        if params.startswith("q="):
+            try:
+                q = float(params[2:])
+            except ValueError:
+                q = 0.0
+        accepted[name.strip().lower()] = q
+    for name in ("gzip", "deflate"):
+        if accepted.get(name, 0.0) > 0:
+            return name
+    return None
+
+
+def compress(body: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        packer = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        return packer.compress(body) + packer.flush()
+    return zlib.compress(body, 6)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw) if raw else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{what} must be a JSON object")
+    return doc
+
+
+def parse_json_body(raw: bytes, what: str = "request body") -> dict[str, Any]:
+    """A JSON object body (empty body = ``{}``); clear 400 when it is anything else."""
+    return _json_object(raw, what)
+
+
+def _parameters(obj: dict[str, Any], where: str) -> dict[str, ParamValue]:
+    params = obj.get("parameters", {})
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"'parameters' of {where} must be a JSON object")
+    for key, value in params.items():
+        if not isinstance(value, bool | int | float | str):
+            raise InvalidInput(f"parameter '{key}' of {where} must be a string, number or boolean")
+    return dict(params)
+
+
+def _shape(obj: dict[str, Any], name: str) -> tuple[int, ...]:
+    shape = obj.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
+    return tuple(shape)
+
+
+def _array_from_json(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    expected = math.prod(shape)
+    try:
+        if datatype == "BYTES":
+            flat = np.asarray(data, dtype=object).reshape(-1)
+            arr = np.empty(flat.size, dtype=object)
+            for i, item in enumerate(flat):  # BYTES elements are separate objects anyway
+                if isinstance(item, str):
+                    arr[i] = item.encode("utf-8")
+                elif isinstance(item, bytes):
+                    arr[i] = item
+                else:
+                    raise InvalidInput(f"input '{name}': BYTES data must be strings")
+        else:
+            arr = np.asarray(data, dtype=datatypes.triton_to_numpy(datatype)).reshape(-1)
+    except InvalidInput:
+        raise
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"input '{name}': 'data' is not a valid {datatype} array: {exc}") from exc
+    if arr.size != expected:
+        raise InvalidInput(
+            f"input '{name}': 'data' holds {arr.size} elements, shape {list(shape)} needs {expected}"
+        )
+    return arr.reshape(shape)
+
+
+def _array_from_binary(chunk: bytes, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    return datatypes.array_from_raw(chunk, datatype, shape, name)
+
+
+def decode_infer_request(
+    model_name: str, model_version: str, header: dict[str, Any], binary: memoryview | bytes
+) -> DecodedRequest:
+    """Build the neutral request from the JSON header and the binary section that follows it."""
+    inputs_doc = header.get("inputs")
+    if not isinstance(inputs_doc, list) or not inputs_doc:
+        raise InvalidInput("request must contain a non-empty 'inputs' list")
+    offset = 0
+    binary_view = memoryview(binary)
+    inputs: list[Tensor] = []
+    for position, item in enumerate(inputs_doc):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput(f"input #{position} must be an object with a string 'name'")
+        name = item["name"]
+        datatype = item.get("datatype")
+        if not isinstance(datatype, str):
+            raise InvalidInput(f"input '{name}': 'datatype' must be a string")
+        shape = _shape(item, name)
+        params = _parameters(item, f"input '{name}'")
+        size = params.pop(_BINARY_SIZE, None)
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
+            if "data" in item:
+                raise InvalidInput(f"input '{name}' has both 'data' and binary_data_size")
+            if offset + size > len(binary_view):
+                raise InvalidInput(
+                    f"input '{name}': binary_data_size {size} runs past the end of the body "
+                    f"({len(binary_view) - offset} binary bytes left)"
+                )
+            data = _array_from_binary(bytes(binary_view[offset : offset + size]), datatype, shape, name)
+            offset += size
+        else:
+            if "data" not in item:
+                raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
+            data = _array_from_json(item["data"], datatype, shape, name)
+        inputs.append(Tensor(name=name, datatype=datatype, shape=shape, data=data, parameters=params))
+    if offset != len(binary_view):
+        raise InvalidInput(
+            f"{len(binary_view) - offset} bytes of binary data follow the inputs that no input claims"
+        )
+
+    request_params = _parameters(header, "the request")
+    binary_default = bool(request_params.pop(_BINARY_OUTPUT, False))
+    outputs: list[RequestedOutput] = []
+    binary_outputs: dict[str, bool] = {}
+    outputs_doc = header.get("outputs") or []
+    if not isinstance(outputs_doc, list):
+        raise InvalidInput("'outputs' must be a list")
+    for item in outputs_doc:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput("each requested output must be an object with a string 'name'")
+        name = item["name"]
+        params = _parameters(item, f"output '{name}'")
+        if _BINARY in params:
+            binary_outputs[name] = bool(params.pop(_BINARY))
+        class_count = params.pop(_CLASSIFICATION, 0)
+        if not isinstance(class_count, int) or isinstance(class_count, bool) or class_count < 0:
+            raise InvalidInput(f"output '{name}': 'classification' must be a non-negative integer")
+        outputs.append(RequestedOutput(name=name, class_count=class_count, parameters=params))
+    request_id = header.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    request = InferRequest(
+        model_name=model_name, model_version=model_version, inputs=inputs, id=request_id,
+        outputs=outputs, parameters=request_params,
+    )
+    return DecodedRequest(request, binary_default, binary_outputs)
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """Split a body into its JSON header and binary section per Inference-Header-Content-Length."""
+    if header_length is None:
+        return body, memoryview(b"")
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise InvalidInput(f"Inference-Header-Content-Length '{header_length}' is not an integer") from None
+    if n < 0 or n > len(body):
+        raise InvalidInput(
+            f"Inference-Header-Content-Length {n} does not fit the {len(body)}-byte body"
+        )
+    view = memoryview(body)
+    return bytes(view[:n]), view[n:]
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def _json_data(arr: np.ndarray, datatype: str) -> list[Any]:
+    flat = arr.reshape(-1)
+    if datatype == "BYTES":
+        return [
+            x.decode("utf-8", errors="replace") if isinstance(x, bytes | bytearray) else str(x)
+            for x in flat
+        ]
+    return list(flat.tolist())
+
+
+def encode_infer_response(
+    response: InferResponse, binary_default: bool, binary_outputs: dict[str, bool]
+) -> tuple[bytes, int | None]:
+    """The response body and, when binary outputs follow the JSON, its header length."""
+    chunks: list[bytes] = []
+    outputs_doc: list[dict[str, Any]] = []
+    for tensor in response.outputs:
+        doc: dict[str, Any] = {
+            "name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape),
+        }
+        params: dict[str, Any] = dict(tensor.parameters)
+        if binary_outputs.get(tensor.name, binary_default):
+            raw = datatypes.array_to_raw(tensor.data, tensor.datatype)
+            params[_BINARY_SIZE] = len(raw)
+            chunks.append(raw)
+        else:
+            doc["data"] = _json_data(tensor.data, tensor.datatype)
+        if params:
+            doc["parameters"] = params
+        outputs_doc.append(doc)
+    head: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        head["id"] = response.id
+    if response.parameters:
+        head["parameters"] = dict(response.parameters)
+    head["outputs"] = outputs_doc
+    header = json.dumps(head, separators=(",", ":")).encode()
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)

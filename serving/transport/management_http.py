@@ -1,0 +1,226 @@
+"""TorchServe's management API on its own loopback port (8081).
+
+List (paginated), describe, scale (``min_worker``/``max_worker`` -> executor count), set-default,
+unregister, and register of a model or ``.mar`` already inside the model store (a remote or
+escaping ``url`` is refused with 400 and never fetched). Register/unregister also need
+``--enable-model-control``. With ``--api-token-file`` every call needs ``Authorization: Bearer``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from serving.errors import InvalidInput, PermissionDenied, Unauthenticated
+from serving.transport.torchserve_http import _guard, model_version, torchserve_error
+
+if TYPE_CHECKING:
+    from serving.archives.store import ModelStoreAccess
+    from serving.core.service import InferenceService, ModelDescription
+    from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+MAX_LIMIT = 1000
+
+
+def _int_param(request: Request, key: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"{key} must be an integer, got '{raw}'") from None
+    if not low <= value <= high:
+        raise InvalidInput(f"{key} must be between {low} and {high}, got {value}")
+    return value
+
+
+def describe_json(d: ModelDescription) -> dict[str, Any]:
+    """TorchServe's ModelDescription fields, plus capserve's (platform, ready, load time)."""
+    capacity = max(d.max_queue_size - d.pending_requests, 0) if d.max_queue_size else -1
+    return {
+        "modelName": d.name, "modelVersion": d.version, "modelUrl": d.model_dir,
+        "runtime": d.platform, "platform": d.platform,
+        "minWorkers": d.instances, "maxWorkers": d.instances,
+        "batchSize": d.max_batch_size, "maxBatchDelay": d.max_queue_delay_us / 1000.0,
+        "maxQueueDelayMicroseconds": d.max_queue_delay_us,
+        "loadedAtStartup": d.loaded_at > 0, "isDefault": d.is_default, "ready": d.ready,
+        "loadedAt": d.loaded_at, "loadSeconds": round(d.load_seconds, 6),
+        "workers": [{"id": str(i), "status": "READY" if d.ready else "UNLOADED", "gpu": False}
+                    for i in range(d.instances if d.ready else 0)],
+        "jobQueueStatus": {"remainingCapacity": capacity, "pendingRequests": d.pending_requests,
+                           "maxQueueSize": d.max_queue_size},
+    }
+
+
+class ManagementOps:
+    """The management operations, shared by the HTTP and gRPC management APIs."""
+
+    def __init__(self, service: InferenceService, settings: Settings,
+                 store: ModelStoreAccess) -> None:
+        self.service = service
+        self.store = store
+        self.model_control = bool(settings.enable_model_control)
+
+    def _control(self) -> None:
+        if not self.model_control:
+            raise PermissionDenied("registering and unregistering models is disabled; start "
+                                   "the server with --enable-model-control")
+
+    def list_models(self, limit: int, token: int) -> dict[str, Any]:
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+        names = self.service.model_names()
+        if token < 0 or token > len(names):
+            raise InvalidInput(f"next_page_token {token} is out of range")
+        body: dict[str, Any] = {"models": [
+            {"modelName": n, "modelUrl": self.service.describe_model(n)[0].model_dir}
+            for n in names[token:token + limit]]}
+        if token + limit < len(names):
+            body["nextPageToken"] = str(token + limit)
+        return body
+
+    def describe(self, name: str, version: str) -> list[dict[str, Any]]:
+        version = model_version(version)
+        descriptions = self.service.describe_model(name, "" if version == "all" else version)
+        return [describe_json(d) for d in descriptions]
+
+    async def register(self, url: str, model_name: str, initial_workers: int) -> dict[str, Any]:
+        self._control()
+        if not 0 <= initial_workers <= 64:
+            raise InvalidInput(f"initial_workers must be between 0 and 64, got {initial_workers}")
+        name = self.store.register(url, model_name)
+        await self.service.load_model(name)
+        if initial_workers:
+            await self.service.scale_model(name, "", initial_workers)
+        versions = [d.version for d in self.service.describe_model(name)]
+        return {"status": f'Model "{name}" Version: {",".join(versions)} registered with '
+                          f"{initial_workers or 'its configured'} initial workers"}
+
+    async def scale(self, name: str, version: str, low: int, high: int) -> dict[str, Any]:
+        if low < 0 or high < 0 or low > 64 or high > 64:
+            raise InvalidInput("min_worker and max_worker must be between 0 and 64")
+        if low and high and low > high:
+            raise InvalidInput(f"min_worker {low} is larger than max_worker {high}")
+        # capserve runs a fixed executor count: TorchServe starts min_worker workers.
+        instances = low or high
+        if not instances:
+            raise InvalidInput("give min_worker or max_worker (>= 1)")
+        await self.service.scale_model(name, model_version(version), instances)
+        return {"status": f"Workers scaled to {instances} for model: {name}"}
+
+    async def unregister(self, name: str, version: str) -> dict[str, Any]:
+        self._control()
+        self.service.describe_model(name, model_version(version))  # 404 for unknown
+        await self.service.unload_model(name)
+        return {"status": f'Model "{name}" unregistered'}
+
+    def set_default(self, name: str, version: str) -> dict[str, Any]:
+        version = model_version(version)
+        self.service.set_default_version(name, version)
+        return {"status": f'Default version successfully updated for model "{name}" to '
+                          f'"{version}"'}
+
+
+class ManagementHandlers:
+    def __init__(self, ops: ManagementOps) -> None:
+        self.ops = ops
+
+    async def list_models(self, request: Request) -> Response:
+        return JSONResponse(self.ops.list_models(
+            _int_param(request, "limit", 100, 1, MAX_LIMIT),
+            _int_param(request, "next_page_token", 0, 0, 1 << 30)))
+
+    async def describe(self, request: Request) -> Response:
+        return JSONResponse(self.ops.describe(request.path_params["model"],
+                                              request.path_params.get("version", "")))
+
+    async def register(self, request: Request) -> Response:
+        q = request.query_params
+        return JSONResponse(await self.ops.register(
+            q.get("url", ""), q.get("model_name", ""),
+            _int_param(request, "initial_workers", 0, 0, 64)))
+
+    async def scale(self, request: Request) -> Response:
+        return JSONResponse(await self.ops.scale(
+            request.path_params["model"], request.path_params.get("version", ""),
+            _int_param(request, "min_worker", 0, 0, 64),
+            _int_param(request, "max_worker", 0, 0, 64)))
+
+    async def unregister(self, request: Request) -> Response:
+        return JSONResponse(await self.ops.unregister(request.path_params["model"],
+                                                      request.path_params.get("version", "")))
+
+    async def set_default(self, request: Request) -> Response:
+        return JSONResponse(self.ops.set_default(request.path_params["model"],
+                                                 request.path_params["version"]))
+
+    async def description(self, request: Request) -> Response:
+        paths = ["GET /models", "POST /models?url=", "GET /models/{name}[/{version}|/all]",
+                 "PUT /models/{name}[/{version}]?min_worker=&max_worker=",
+                 "DELETE /models/{name}[/{version}]", "PUT /models/{name}/{version}/set-default"]
+        return JSONResponse({"openapi": "3.0.1",
+                             "info": {"title": "capserve TorchServe-compatible management API",
+                                      "version": self.ops.service.server_metadata().version},
+                             "paths": {p: {} for p in paths}})
+
+
+def check_token(authorization: str | None, token: str | None) -> None:
+    """Raise ``Unauthenticated`` unless ``authorization`` is ``Bearer <token>`` (when set)."""
+    if not token:
+        return
+    scheme, _, credential = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not credential:
+        raise Unauthenticated("management API requires 'Authorization: Bearer <token>'")
+    # Constant-time comparison: the token must not leak through response timing.
+    if not hmac.compare_digest(credential.strip().encode(), token.encode()):
+        raise Unauthenticated("invalid API token")
+
+
+class _TokenAuth:
+    """ASGI middleware: every request needs ``Authorization: Bearer <token>``."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                       for k, v in scope.get("headers", [])}
+            try:
+                check_token(headers.get("authorization"), self.token)
+            except Unauthenticated as exc:
+                await torchserve_error(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_management_app(service: InferenceService, settings: Settings,
+                          store: ModelStoreAccess) -> Starlette:
+    h = ManagementHandlers(ManagementOps(service, settings, store))
+    routes = [
+        Route("/", _guard(h.description), methods=["OPTIONS"]),
+        Route("/api-description", _guard(h.description), methods=["GET"]),
+        Route("/models", _guard(h.list_models), methods=["GET"]),
+        Route("/models", _guard(h.register), methods=["POST"]),
+        Route("/models/{model}", _guard(h.describe), methods=["GET"]),
+        Route("/models/{model}", _guard(h.scale), methods=["PUT"]),
+        Route("/models/{model}", _guard(h.unregister), methods=["DELETE"]),
+        Route("/models/{model}/{version}/set-default", _guard(h.set_default), methods=["PUT"]),
+        Route("/models/{model}/{version}", _guard(h.describe), methods=["GET"]),
+        Route("/models/{model}/{version}", _guard(h.scale), methods=["PUT"]),
+        Route("/models/{model}/{version}", _guard(h.unregister), methods=["DELETE"]),
+    ]
+    app = Starlette(routes=routes)
+    token = settings.api_token()  # ValueError for a token file readable by others
+    if token:
+        app.add_middleware(_TokenAuth, token=token)
+    return app

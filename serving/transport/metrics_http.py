@@ -1,0 +1,21 @@
+"""Prometheus endpoint (port 8002): ``GET /metrics`` renders the injected registry."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+
+def create_metrics_app(registry: CollectorRegistry) -> Starlette:
+    async def metrics(request: Request) -> Response:
+        # Collectors read /proc and NVML; keep that off the event loop that serves requests.
+        body = await asyncio.to_thread(generate_latest, registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/metrics", metrics, methods=["GET"])])

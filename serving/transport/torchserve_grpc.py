@@ -1,0 +1,102 @@
+"""TorchServe's gRPC inference service (``org.pytorch.serve.grpc.inference``) on the gRPC port.
+
+Ping, Predictions, StreamPredictions (one answer per call, as a stream of one) and
+StreamPredictions2 (many requests on one call; a failed request answers with ``status`` and the
+call goes on). The image goes in ``input["data"]``; other keys are the options (``topk``...).
+The management service is added beside it (``management_grpc``) when a store access is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING
+
+from google.protobuf import empty_pb2
+from grpc import aio
+
+from serving.errors import InvalidInput
+from serving.generated import torchserve_inference_pb2 as pb
+from serving.generated import torchserve_inference_pb2_grpc as pb_grpc
+from serving.generated.google.rpc import status_pb2
+from serving.tasks.options import TaskOptions
+from serving.transport.errors import classify, grpc_errors
+from serving.transport.torchserve_http import model_version
+
+if TYPE_CHECKING:
+    from serving.archives.store import ModelStoreAccess
+    from serving.core.service import InferenceService
+    from serving.settings import Settings
+    from serving.tasks.registry import TaskRegistry
+
+log = logging.getLogger(__name__)
+
+
+def _options(inputs: Mapping[str, bytes]) -> TaskOptions:
+    query = {k: v.decode(errors="replace") for k, v in inputs.items() if k not in ("data", "body")}
+    return TaskOptions.parse(query)
+
+
+class TorchServeInference(pb_grpc.InferenceAPIsServiceServicer):
+    def __init__(self, service: InferenceService, pipelines: TaskRegistry) -> None:
+        self.service = service
+        self.pipelines = pipelines
+
+    async def _predict(self, request: pb.PredictionsRequest) -> bytes:
+        if not request.model_name:
+            raise InvalidInput("model_name is required")
+        image = request.input.get("data", request.input.get("body"))
+        if image is None:
+            keys = ", ".join(sorted(request.input)) or "none"
+            raise InvalidInput(f"no image: put it in input['data'] (keys received: {keys})")
+        results = await self.pipelines.predict(request.model_name,
+                                               model_version(request.model_version), [image],
+                                               _options(request.input))
+        return results[0].body
+
+    async def Ping(self, request: empty_pb2.Empty,
+                   context: aio.ServicerContext) -> pb.TorchServeHealthResponse:
+        status = "Healthy" if self.service.server_ready() else "Unhealthy"
+        return pb.TorchServeHealthResponse(health=json.dumps({"status": status}))
+
+    @grpc_errors
+    async def Predictions(self, request: pb.PredictionsRequest,
+                          context: aio.ServicerContext) -> pb.PredictionResponse:
+        return pb.PredictionResponse(prediction=await self._predict(request))
+
+    async def StreamPredictions(self, request: pb.PredictionsRequest,
+                                context: aio.ServicerContext
+                                ) -> AsyncIterator[pb.PredictionResponse]:
+        try:
+            prediction = await self._predict(request)
+        except Exception as exc:  # a status on the call, like Predictions
+            mapping, message = classify(exc)
+            await context.abort(mapping.grpc_status, message)
+        yield pb.PredictionResponse(prediction=prediction)
+
+    async def StreamPredictions2(self,
+                                 request_iterator: AsyncIterator[pb.PredictionsRequest],
+                                 context: aio.ServicerContext
+                                 ) -> AsyncIterator[pb.PredictionResponse]:
+        async for request in request_iterator:
+            seq = request.sequence_id if request.HasField("sequence_id") else None
+            try:
+                yield pb.PredictionResponse(prediction=await self._predict(request),
+                                            sequence_id=seq)
+            except Exception as exc:  # the call goes on; this request answers with a status
+                mapping, message = classify(exc)
+                yield pb.PredictionResponse(sequence_id=seq, status=status_pb2.Status(
+                    code=mapping.grpc_status.value[0], message=message))
+
+
+def add_torchserve_services(server: aio.Server, service: InferenceService,
+                            pipelines: TaskRegistry, settings: Settings,
+                            store: ModelStoreAccess | None = None) -> None:
+    """InferenceAPIsService, and ManagementAPIsService when ``store`` is given."""
+    pb_grpc.add_InferenceAPIsServiceServicer_to_server(
+        TorchServeInference(service, pipelines), server)
+    if store is not None:
+        from serving.transport.management_grpc import add_management_service
+
+        add_management_service(server, service, settings, store)

@@ -1,0 +1,234 @@
+"""TorchServe's inference API on the HTTP port (8000), for TorchServe clients unchanged.
+
+``/ping``, ``/predictions/{model}[/{version}]`` (raw body as ``curl -T``/``--data-binary``, or
+multipart fields ``data``: several images give a JSON list in order), ``/explanations/...``,
+KServe v1 ``/v1/models/{model}:predict`` (base64 images), ``/api-description`` and ``OPTIONS /``.
+Errors are TorchServe's JSON ``{"code", "type", "message"}`` with the status of the one error table.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from serving.errors import InvalidInput, ServingError
+from serving.tasks.options import TaskOptions
+from serving.tasks.registry import TaskResult
+from serving.transport.errors import classify
+from serving.transport.http_app import read_body
+
+if TYPE_CHECKING:
+    from serving.core.service import InferenceService
+    from serving.settings import Settings
+    from serving.tasks.registry import TaskRegistry
+
+log = logging.getLogger(__name__)
+MAX_PARTS = 64
+_TS_VERSION = re.compile(r"^(\d+)(?:\.0+)?$")
+
+
+def torchserve_error(exc: BaseException) -> JSONResponse:
+    mapping, message = classify(exc)
+    return JSONResponse({"code": mapping.http_status, "type": mapping.torchserve_type,
+                         "message": message}, status_code=mapping.http_status)
+
+
+def model_version(text: str) -> str:
+    """TorchServe versions are often ``1.0``; capserve's are integers: accept both spellings."""
+    match = _TS_VERSION.match(text)
+    return match.group(1) if match else text
+
+
+def decode_b64(value: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{where} is not valid base64") from None
+
+
+def combine(results: list[TaskResult]) -> Response:
+    """One image: its answer as is; several: a JSON list in order (images as base64)."""
+    if len(results) == 1:
+        return Response(results[0].body, media_type=results[0].content_type)
+    return JSONResponse([as_json(r) for r in results])
+
+
+def as_json(result: TaskResult) -> Any:
+    if result.content_type == "application/json":
+        return json.loads(result.body)
+    return base64.b64encode(result.body).decode("ascii")
+
+
+async def _images(request: Request, limit: int) -> list[bytes]:
+    body = await read_body(request, limit)
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype.startswith("multipart/form-data"):
+        return await _multipart(request, body)
+    if ctype.startswith("application/json"):
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            raise InvalidInput(f"body is not valid JSON: {exc}") from None
+        items = doc if isinstance(doc, list) else [doc]
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("data"), str):
+                raise InvalidInput(f"JSON item {i} needs a base64 string field 'data'")
+            out.append(decode_b64(item["data"], f"JSON item {i} field 'data'"))
+        return out
+    return [body]
+
+
+async def _multipart(request: Request, body: bytes) -> list[bytes]:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    replay = Request(request.scope, receive)
+    try:
+        form = await replay.form(max_files=MAX_PARTS, max_fields=MAX_PARTS)
+    except Exception as exc:  # python-multipart raises several types for a malformed body
+        raise InvalidInput(f"malformed multipart body: {exc}") from None
+    try:
+        parts = form.getlist("data")
+        if not parts:
+            names = ", ".join(sorted(set(form.keys()))) or "none"
+            raise InvalidInput(f"multipart request has no field 'data' (fields received: "
+                               f"{names}); send images as -F data=@image.jpg")
+        images = []
+        for part in parts:
+            if isinstance(part, UploadFile):
+                images.append(await part.read())
+            else:  # a text field: TorchServe vision clients send base64 there
+                images.append(decode_b64(part, "text field 'data'"))
+        return images
+    finally:
+        await form.close()
+
+
+class TorchServeHandlers:
+    def __init__(self, service: InferenceService, pipelines: TaskRegistry,
+                 settings: Settings) -> None:
+        self.service = service
+        self.pipelines = pipelines
+        self.limit = int(settings.max_request_bytes)
+
+    async def ping(self, request: Request) -> Response:
+        healthy = self.service.server_ready()
+        return JSONResponse({"status": "Healthy" if healthy else "Unhealthy"},
+                            status_code=200 if healthy else 500)
+
+    async def _run(self, request: Request, explain: bool) -> list[TaskResult]:
+        model = request.path_params["model"]
+        version = model_version(request.path_params.get("version", ""))
+        options = TaskOptions.parse(request.query_params, request.headers.get("accept", ""))
+        images = await _images(request, self.limit)
+        run = self.pipelines.explain if explain else self.pipelines.predict
+        return await run(model, version, images, options)
+
+    async def predictions(self, request: Request) -> Response:
+        return combine(await self._run(request, explain=False))
+
+    async def explanations(self, request: Request) -> Response:
+        return combine(await self._run(request, explain=True))
+
+    async def kserve_v1(self, request: Request) -> Response:
+        target = request.path_params["target"]
+        model, _, verb = target.rpartition(":")
+        if verb not in ("predict", "explain") or not model:
+            raise InvalidInput(f"unknown KServe v1 verb in '{target}' (use :predict or :explain)")
+        body = await read_body(request, self.limit)
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            raise InvalidInput(f"body is not valid JSON: {exc}") from None
+        instances = doc.get("instances") if isinstance(doc, dict) else None
+        if not isinstance(instances, list) or not instances:
+            raise InvalidInput('KServe v1 body needs a non-empty list "instances"')
+        images = [_instance(item, i) for i, item in enumerate(instances)]
+        options = TaskOptions.parse(request.query_params, request.headers.get("accept", ""))
+        run = self.pipelines.explain if verb == "explain" else self.pipelines.predict
+        results = await run(model, "", images, options)
+        key = "explanations" if verb == "explain" else "predictions"
+        return JSONResponse({key: [as_json(r) for r in results]})
+
+    async def api_description(self, request: Request) -> Response:
+        return JSONResponse(api_description(self.service))
+
+
+def _instance(item: Any, index: int) -> bytes:
+    if isinstance(item, str):
+        return decode_b64(item, f"instance {index}")
+    if isinstance(item, dict):
+        for key in ("data", "b64"):
+            value = item.get(key)
+            if isinstance(value, dict) and isinstance(value.get("b64"), str):
+                value = value["b64"]
+            if isinstance(value, str):
+                return decode_b64(value, f"instance {index} field '{key}'")
+    raise InvalidInput(f'instance {index} must be a base64 string or {{"data": "<base64>"}}')
+
+
+def _guard(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except ServingError as exc:
+            return torchserve_error(exc)
+        except Exception as exc:  # never a dropped connection: 500 with a generic message
+            return torchserve_error(exc)
+    return endpoint
+
+
+def api_description(service: InferenceService) -> dict[str, Any]:
+    """A compact OpenAPI 3.0.1 description of the TorchServe inference routes."""
+    def op(summary: str, body: bool = True) -> dict[str, Any]:
+        entry: dict[str, Any] = {"summary": summary, "responses": {
+            "200": {"description": "OK"}, "400": {"description": "Bad input"},
+            "404": {"description": "Model not found"}, "413": {"description": "Too large"},
+            "503": {"description": "Queue full or not ready"}}}
+        if body:
+            entry["requestBody"] = {"content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "multipart/form-data": {"schema": {"type": "object", "properties": {
+                    "data": {"type": "string", "format": "binary"}}}}}}
+        return entry
+    return {
+        "openapi": "3.0.1",
+        "info": {"title": "capserve TorchServe-compatible inference API",
+                 "version": service.server_metadata().version},
+        "paths": {
+            "/ping": {"get": op("Health check", body=False)},
+            "/predictions/{model_name}": {"post": op("Predictions of the default version")},
+            "/predictions/{model_name}/{model_version}": {"post": op("Predictions of a version")},
+            "/explanations/{model_name}": {"post": op("CapsNet explanations")},
+            "/explanations/{model_name}/{model_version}": {"post": op("CapsNet explanations")},
+            "/v1/models/{model_name}:predict": {"post": op("KServe v1 predict (base64)")},
+            "/v1/models/{model_name}:explain": {"post": op("KServe v1 explain (base64)")},
+            "/api-description": {"get": op("This description", body=False)},
+        },
+    }
+
+
+def torchserve_routes(service: InferenceService, pipelines: TaskRegistry,
+                      settings: Settings) -> list[BaseRoute]:
+    h = TorchServeHandlers(service, pipelines, settings)
+    return [
+        Route("/ping", _guard(h.ping), methods=["GET", "POST"]),
+        Route("/predictions/{model}", _guard(h.predictions), methods=["POST", "PUT"]),
+        Route("/predictions/{model}/{version}", _guard(h.predictions), methods=["POST", "PUT"]),
+        Route("/explanations/{model}", _guard(h.explanations), methods=["POST"]),
+        Route("/explanations/{model}/{version}", _guard(h.explanations), methods=["POST"]),
+        Route("/v1/models/{target}", _guard(h.kserve_v1), methods=["POST"]),
+        Route("/api-description", _guard(h.api_description), methods=["GET"]),
+        Route("/", _guard(h.api_description), methods=["OPTIONS"]),
+    ]

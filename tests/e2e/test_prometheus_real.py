@@ -1,0 +1,163 @@
+"""A real Prometheus scrapes a real capserve with the project's own configuration and rules.
+
+Debian's `prometheus` binary runs on a free loopback port with deploy/prometheus/prometheus.yml,
+rewritten only where a test must differ: the capserve target (the test server's metrics port),
+1 s scrape and evaluation intervals, and absolute rule-file paths. The test sends v2 inference
+requests and polls the query API until the request counter and the recording rules show them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helpers.ports import free_port
+from tests.helpers.server import ServerProcess, start_server
+
+ROOT = Path(__file__).resolve().parents[2]
+PROM_DIR = ROOT / "deploy/prometheus"
+MODEL = "lenet"
+
+
+def _prometheus_config(metrics_port: int, prom_port: int) -> dict[str, Any]:
+    cfg = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    cfg["global"]["scrape_interval"] = "1s"
+    cfg["global"]["evaluation_interval"] = "1s"
+    cfg["rule_files"] = [str((PROM_DIR / f).resolve()) for f in cfg["rule_files"]]
+    jobs = {job["job_name"]: job for job in cfg["scrape_configs"]}
+    assert "capserve" in jobs, "prometheus.yml lost its capserve job"
+    jobs["capserve"]["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"]}]
+    jobs["prometheus"]["static_configs"] = [{"targets": [f"127.0.0.1:{prom_port}"]}]
+    # TorchServe is not part of this test; its target would only be down.
+    cfg["scrape_configs"] = [jobs["capserve"], jobs["prometheus"]]
+    return dict(cfg)
+
+
+@pytest.fixture
+def server(default_store: Path, tmp_path: Path) -> Iterator[ServerProcess]:
+    srv = start_server(default_store, tmp_path, env={"OMP_NUM_THREADS": "1"})
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def prometheus(server: ServerProcess, tmp_path: Path) -> Iterator[str]:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus not installed (Debian package prometheus; make system-deps)")
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump(_prometheus_config(server.metrics_port, port)))
+    log_path = tmp_path / "prometheus.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: _get(f"{base}/-/ready") is not None, 30, "prometheus ready", proc, log_path)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _get(url: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return bytes(resp.read())
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _wait(ok: Callable[[], bool], timeout: float, what: str,
+          proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"{what}: process exited:\n{log.read_text() if log else ''}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}" + (f":\n{log.read_text()}" if log else ""))
+        time.sleep(0.25)
+
+
+def _query(base: str, promql: str) -> dict[str, float]:
+    """Instant query -> {model label (or ''): value}."""
+    raw = _get(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
+    if raw is None:
+        return {}
+    body = json.loads(raw)
+    assert body["status"] == "success", body
+    return {r["metric"].get("model", ""): float(r["value"][1]) for r in body["data"]["result"]}
+
+
+def _shows(base: str, promql: str, value: float) -> bool:
+    return _query(base, promql).get(MODEL) == value
+
+
+def _infer(server: ServerProcess, shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    body = {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": [0.5] * n}]}
+    req = urllib.request.Request(f"{server.base}/v2/models/{MODEL}/infer",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_prometheus_scrapes_requests_and_records_rules(server: ServerProcess,
+                                                       prometheus: str) -> None:
+    _wait(lambda: _query(prometheus, 'up{job="capserve"}').get("") == 1.0, 30,
+          "the first capserve scrape")
+    # Two bursts with a scrape between them: rate() needs a counter to rise between samples,
+    # and a series first seen at its final value shows no rise. Each burst has one request
+    # with the wrong shape, which is refused and must count as a failure of that model.
+    ok_total = f'sum by (model) (capserve_request_success_total{{job="capserve",model="{MODEL}"}})'
+    failed = f'sum by (model) (capserve_request_failure_total{{model="{MODEL}",reason="invalid"}})'
+    sent_ok = sent_bad = 0
+    for burst in (5, 10):
+        for _ in range(burst):
+            assert _infer(server, [1, 1, 28, 28]) == 200
+        assert _infer(server, [1, 3, 28, 28]) == 400
+        sent_ok, sent_bad = sent_ok + burst, sent_bad + 1
+        _wait(partial(_shows, prometheus, ok_total, sent_ok), 20,
+              f"{sent_ok} successful requests in Prometheus")
+        _wait(partial(_shows, prometheus, failed, sent_bad), 20,
+              f"{sent_bad} refused requests in Prometheus")
+
+    rate = f'model:capserve_requests:rate1m{{model="{MODEL}"}}'
+    _wait(lambda: _query(prometheus, rate).get(MODEL, 0.0) > 0, 20, "the request-rate rule")
+    ratio = f'model:capserve_request_errors:ratio_rate5m{{model="{MODEL}"}}'
+    _wait(lambda: 0 < _query(prometheus, ratio).get(MODEL, 0.0) < 0.5, 20, "the error-ratio rule")
+    p95 = f'model:capserve_request_duration_seconds:p95_5m{{model="{MODEL}"}}'
+    _wait(lambda: _query(prometheus, p95).get(MODEL, 0.0) > 0, 20, "the p95 latency rule")
+    # The alert rules were loaded and evaluate; nothing is firing for a healthy server.
+    rules = json.loads(_get(f"{prometheus}/api/v1/rules") or b"{}")["data"]["groups"]
+    alerts = {r["name"]: r for g in rules for r in g["rules"] if r["type"] == "alerting"}
+    assert {"CapserveHighErrorRatio", "CapserveDown", "CapserveModelNotReady"} <= set(alerts)
+    assert alerts["CapserveDown"]["health"] == "ok" and alerts["CapserveDown"]["state"] == "inactive"

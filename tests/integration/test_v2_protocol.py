@@ -1,0 +1,222 @@
+"""v2 conformance with the unmodified tritonclient, gRPC and HTTP flavours, on a real server."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+
+from serving.generated import grpc_service_pb2 as pb
+from serving.generated import grpc_service_pb2_grpc as pb_grpc
+from tests.helpers.server import ServerProcess
+from tests.integration.v2_clients import FLAVOURS, make_client, make_input, make_output
+
+
+@pytest.fixture(params=FLAVOURS)
+def flavour(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def client(flavour: str, v2_server: ServerProcess) -> Any:
+    c = make_client(flavour, v2_server)
+    yield c
+    c.close()
+
+
+def test_health_and_readiness(client: Any) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("simple")
+    assert client.is_model_ready("simple", "1")
+    assert not client.is_model_ready("no_such_model")
+
+
+def test_server_metadata(flavour: str, client: Any) -> None:
+    meta = client.get_server_metadata(as_json=True) if flavour == "grpc" else client.get_server_metadata()
+    assert meta["name"] == "capserve"
+    # What perf_analyzer and image_client.py key on.
+    for ext in ("binary_tensor_data", "classification", "statistics", "model_configuration"):
+        assert ext in meta["extensions"]
+
+
+def test_model_metadata_has_batch_dim_and_numeric_versions(flavour: str, client: Any) -> None:
+    meta = client.get_model_metadata("classifier", as_json=True) if flavour == "grpc" \
+        else client.get_model_metadata("classifier")
+    assert meta["name"] == "classifier" and meta["versions"] == ["1"]
+    assert meta["platform"] == "onnxruntime_onnx"
+    (inp,) = meta["inputs"]
+    assert inp["name"] == "input" and inp["datatype"] == "FP32"
+    assert [int(d) for d in inp["shape"]] == [-1, 1, 28, 28]
+    assert [int(d) for d in meta["outputs"][0]["shape"]] == [-1, 10]
+
+
+def test_model_config(flavour: str, client: Any) -> None:
+    cfg = client.get_model_config("classifier", as_json=True) if flavour == "grpc" \
+        else client.get_model_config("classifier")
+    if flavour == "grpc":
+        cfg = cfg["config"]
+    assert int(cfg["max_batch_size"]) == 32
+    assert cfg["input"][0]["format"] == "FORMAT_NCHW"
+    assert "dynamic_batching" in cfg and "sequence_batching" not in cfg
+    if flavour == "http":  # Triton's JSON: snake_case, primitives printed, int64 as numbers
+        assert cfg["input"][0]["dims"] == [1, 28, 28]
+        assert cfg["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+        assert cfg["input"][0]["is_shape_tensor"] is False
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_infer_two_inputs_and_output_subsets(flavour: str, client: Any, binary: bool) -> None:
+    if flavour == "grpc" and not binary:
+        pytest.skip("tritonclient.grpc always sends raw_input_contents")
+    a = np.arange(32, dtype=np.int32).reshape(2, 16)
+    b = np.full((2, 16), 3, dtype=np.int32)
+    inputs = [make_input(flavour, "INPUT0", a, "INT32", binary), make_input(flavour, "INPUT1", b, "INT32", binary)]
+    result = client.infer("simple", inputs, request_id="req-7")
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+    response = result.get_response(as_json=True) if flavour == "grpc" else result.get_response()
+    assert response["id"] == "req-7"
+    only = client.infer("simple", inputs, outputs=[make_output(flavour, "OUTPUT1", binary)])
+    assert only.as_numpy("OUTPUT0") is None
+    np.testing.assert_array_equal(only.as_numpy("OUTPUT1"), a - b)
+
+
+def test_grpc_typed_contents(v2_server: ServerProcess) -> None:
+    """Typed ``contents`` (not what tritonclient sends, but part of the protocol)."""
+    with grpc.insecure_channel(v2_server.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        req = pb.ModelInferRequest(model_name="simple", id="typed")
+        for name, values in (("INPUT0", range(16)), ("INPUT1", [1] * 16)):
+            req.inputs.add(name=name, datatype="INT32", shape=[1, 16]).contents.int_contents.extend(values)
+        resp = stub.ModelInfer(req)
+    assert resp.id == "typed" and len(resp.raw_output_contents) == 2
+    assert not resp.outputs[0].HasField("contents")
+    np.testing.assert_array_equal(np.frombuffer(resp.raw_output_contents[0], "<i4"), np.arange(16) + 1)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_bytes_tensors(flavour: str, client: Any, binary: bool) -> None:
+    if flavour == "grpc" and not binary:
+        pytest.skip("tritonclient.grpc always sends raw_input_contents")
+    words = [b"hello", "caf\u00e9 \u2603".encode(), b""]
+    arr = np.array(words, dtype=object).reshape(-1, 1)
+    out = client.infer("strings", [make_input(flavour, "INPUT0", arr, "BYTES", binary)],
+                       outputs=[make_output(flavour, "OUTPUT0", binary)])
+    assert out.as_numpy("OUTPUT0").reshape(-1).tolist() == words
+
+
+def _onnx_reference(store: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(store / "classifier" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"input": x})[0]
+
+
+def test_same_request_bit_identical_over_grpc_http_and_in_process(v2_server: ServerProcess, tiny_store: Path) -> None:
+    x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    expected = _onnx_reference(tiny_store, x)
+    results = []
+    for flavour, binary in (("grpc", True), ("http", True), ("http", False)):
+        c = make_client(flavour, v2_server)
+        r = c.infer("classifier", [make_input(flavour, "input", x, "FP32", binary)],
+                    outputs=[make_output(flavour, "logits", binary)])
+        results.append(r.as_numpy("logits"))
+        c.close()
+    for got in results:
+        assert got.dtype == np.float32
+        assert got.tobytes() == expected.tobytes()
+
+
+def test_classification_extension(flavour: str, client: Any, tiny_store: Path) -> None:
+    x = np.random.default_rng(2).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    logits = _onnx_reference(tiny_store, x)
+    r = client.infer("classifier", [make_input(flavour, "input", x, "FP32")],
+                     outputs=[make_output(flavour, "logits", class_count=3)])
+    top = r.as_numpy("logits")
+    assert top.shape == (2, 3)
+    for row, scores in zip(top, logits, strict=True):
+        order = np.argsort(-scores)[:3]
+        parsed = [item.decode().split(":") for item in row]
+        assert [int(p[1]) for p in parsed] == order.tolist()
+        assert [p[2] for p in parsed] == [f"digit_{i}" for i in order]
+        np.testing.assert_allclose([float(p[0]) for p in parsed], scores[order], rtol=1e-5)
+
+
+def test_statistics_count_requests(flavour: str, client: Any) -> None:
+    def stats() -> dict[str, Any]:
+        doc = client.get_inference_statistics("strings", as_json=True) if flavour == "grpc" \
+            else client.get_inference_statistics("strings")
+        (entry,) = doc["model_stats"]
+        return entry
+
+    before = stats()
+    arr = np.array([[b"a"], [b"b"]], dtype=object)
+    for _ in range(3):
+        client.infer("strings", [make_input(flavour, "INPUT0", arr, "BYTES")])
+    after = stats()
+    assert after["version"] == "1"
+    assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 6
+    success = after["inference_stats"]["success"]
+    prev_success = before["inference_stats"]["success"]
+    assert int(success["count"]) - int(prev_success.get("count", 0)) == 3
+    assert int(after["inference_stats"]["queue"]["count"]) >= 3 and int(success["ns"]) > 0
+
+
+def test_http_compression(v2_server: ServerProcess) -> None:
+    c = make_client("http", v2_server)
+    a = np.ones((1, 16), np.int32)
+    for req_alg, resp_alg in (("gzip", "deflate"), ("deflate", "gzip")):
+        r = c.infer("simple", [make_input("http", "INPUT0", a, "INT32"), make_input("http", "INPUT1", a, "INT32")],
+                    request_compression_algorithm=req_alg, response_compression_algorithm=resp_alg)
+        np.testing.assert_array_equal(r.as_numpy("OUTPUT0"), a * 2)
+    c.close()
+
+
+def test_grpc_stream_errors_do_not_end_the_stream(v2_server: ServerProcess) -> None:
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    c = grpcclient.InferenceServerClient(v2_server.grpc_url)
+    c.start_stream(callback=lambda result, error: results.put((result, error)))
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    good = [make_input("grpc", "INPUT0", a, "INT32"), make_input("grpc", "INPUT1", a, "INT32")]
+    bad = [make_input("grpc", "INPUT0", a, "INT32"), make_input("grpc", "WRONG", a, "INT32")]
+    for i, inputs in enumerate([good, bad, good, good]):
+        c.async_stream_infer("simple", inputs, request_id=f"s{i}")
+    answers = [results.get(timeout=30) for _ in range(4)]
+    c.stop_stream()
+    c.close()
+    errors = [e for r, e in answers if e is not None]
+    oks = [r for r, e in answers if e is None]
+    assert len(errors) == 1 and "WRONG" in errors[0].message()
+    assert sorted(r.get_response().id for r in oks) == ["s0", "s2", "s3"]
+    for r in oks:
+        np.testing.assert_array_equal(r.as_numpy("OUTPUT0"), a * 2)
+
+
+def test_grpc_health_service(v2_server: ServerProcess) -> None:
+    from serving.generated import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(v2_server.grpc_url) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        assert stub.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        assert stub.Check(health_pb2.HealthCheckRequest(service="simple")).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.Check(health_pb2.HealthCheckRequest(service="nope"))
+        assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+        first = next(iter(stub.Watch(health_pb2.HealthCheckRequest(), timeout=5)))
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_unknown_route_and_error_body(v2_server: ServerProcess) -> None:
+    import httpx
+
+    r = httpx.get(v2_server.base + "/v2/nothing/here")
+    assert r.status_code == 404 and "error" in r.json()
+    r = httpx.post(v2_server.base + "/v2/models/simple/infer", content=b"{not json")
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
