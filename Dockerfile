@@ -65,7 +65,7 @@ RUN --mount=type=bind,source=.,target=/ctx \
 # ---- app: the venv on a clean base, run as an unprivileged user ----------------------------
 FROM base AS app
 # A fixed numeric id, so that host-side volume permissions and Kubernetes' runAsUser agree.
-RUN useradd --system --uid 10001 --user-group --home-dir /home/capserve --create-home capserve \
+RUN useradd --uid 10001 --user-group --home-dir /home/capserve --create-home capserve \
     && mkdir -p /models \
     && chown capserve:capserve /models
 COPY --from=build /opt/venv /opt/venv

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 STORE ?= model_store
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps protos lint test test-unit models store serve bench clean-store
+.PHONY: venv system-deps protos lint test test-unit models store serve bench e2e-compose clean-store
 
 $(STAMP): pyproject.toml
 	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -44,6 +44,10 @@ serve: venv store
 
 bench: venv system-deps store
 	$(PYTHON) -m bench
+
+# The whole Compose stack for real (needs a Docker engine; see docs/deploy.md).
+e2e-compose:
+	deploy/e2e-compose.sh
 
 clean-store:
 	rm -rf $(STORE)/*/ $(STORE)/*.mar

@@ -21,8 +21,8 @@ from bench.schema import CeilingRun, DecodeRun
 logger = logging.getLogger(__name__)
 
 
-def _time_loop(step: Callable[[], object], seconds: float, min_iters: int = 5) -> list[float]:
-    for _ in range(3):  # warm-up: allocator, kernels' first-call setup
+def _time_loop(step: Callable[[], object], seconds: float, min_iters: int = 3) -> list[float]:
+    for _ in range(2):  # warm-up: allocator, first-call setup, TorchScript's profiling runs
         step()
     laps: list[float] = []
     deadline = time.perf_counter() + seconds

@@ -5,11 +5,22 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+from pathlib import Path
 
 from bench import options as opts_mod
 from bench.plots import write_plots
 from bench.report import existing_gpu_section, render
+from bench.schema import Results, load_results
 from bench.sitting import run_sitting
+from bench.targets import ratios_and_targets
+
+
+def _write_report(results: Results, json_path: Path, opts: opts_mod.Options) -> None:
+    plots = write_plots(results, opts.img_dir)
+    if opts.docs is not None:
+        opts.docs.parent.mkdir(parents=True, exist_ok=True)
+        opts.docs.write_text(render(results, json_path, opts.docs, plots,
+                                    existing_gpu_section(opts.docs)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return gpu_main([])
     opts = opts_mod.from_args(args)
+    if args.render is not None:
+        results = load_results(args.render)
+        results.ratios, results.targets = ratios_and_targets(results)
+        _write_report(results, args.render, opts)
+        return 0
     if not opts.store.is_dir():
         print(f"bench: model store {opts.store} does not exist; run `make store` first",
               file=sys.stderr)
@@ -30,11 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = opts.out / f"results-{stamp}.json"
     results.write(json_path)
     shutil.copyfile(json_path, opts.out / "latest.json")
-    plots = write_plots(results, opts.img_dir)
-    if opts.docs is not None:
-        opts.docs.parent.mkdir(parents=True, exist_ok=True)
-        opts.docs.write_text(render(results, json_path, opts.docs, plots,
-                                    existing_gpu_section(opts.docs)))
+    _write_report(results, json_path, opts)
     for t in results.targets:
         print(f"{'MET ' if t['met'] else 'MISS' if t['met'] is False else '--  '} "
               f"{t['target']}: {t['measured']} ({t['threshold']}) {t['detail']}")

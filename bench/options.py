@@ -98,6 +98,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--img-dir", type=Path, default=Options.img_dir)
     p.add_argument("--cache", type=Path, default=Options.cache,
                    help="download cache for the perf_analyzer wheels (default .venv/cache)")
+    p.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="only rewrite --docs and the plots from an earlier results JSON")
     p.add_argument("--gpu", action="store_true",
                    help="run the GPU variant instead (same as bench/gpu.sh)")
     p.add_argument("-v", "--verbose", action="store_true")

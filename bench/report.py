@@ -21,6 +21,26 @@ lenet 83 / 473 / 1,570 req/s at concurrency 1 / 8 / 32 (p50 9.9 / 12.6 / 17 ms);
 ResNet-18 50 / 53 / 56 items/s."""
 
 
+_METHOD = """\
+How each number is made:
+
+- **Load generators** are third-party and identical for both servers: `hey -z` and/or `wrk`
+  (Lua script) POST the model's PNG as the raw body of `POST /predictions/{model}`;
+  perf_analyzer (tritonclient 2.41.0 binary) drives capserve's KServe v2 gRPC and HTTP
+  binary endpoints with random tensors (TorchServe has no v2 endpoint); a small asyncio
+  client calls TorchServe's gRPC `Predictions` RPC on both servers with the same PNG bytes.
+  Latency percentiles are the tools' own.
+- **mean batch** is capserve's executed batch size over the run, from the
+  `capserve_batch_size` histogram on its metrics port (sum / count, before vs after).
+- **In-process ceiling**: the store's own `model.onnx` (ONNX Runtime, CPU provider) and
+  `model.pt` (TorchScript) in the bench process, no server, with the intra-op thread count
+  the server gives one instance; items/s over repeated batches of random input.
+  capserve / in-process compares a run at concurrency *c* with the ceiling at batch *c*
+  (or the largest measured batch below it).
+- The load generator runs on the same cores as the server: on a 2-core machine it takes a
+  share of the CPU that neither server then has. Both servers pay it equally."""
+
+
 def _f(value: float | None, digits: int = 1) -> str:
     if value is None or value != value:
         return "–"
@@ -107,8 +127,10 @@ def _profile(results: Results, out_dir: Path, doc_dir: Path) -> str:
                       for i, row in enumerate(top))
     rows = [[f"`{r['function']}`", str(r["samples"]), f"{r['share'] * 100:.1f}%"]
             for r in p["top_self"]]
+    pkg = [[f"`{r['function']}`", str(r["samples"]), f"{r['share'] * 100:.1f}%"]
+           for r in p.get("self_by_package", [])]
     inc = [[f"`{r['function']}`", str(r["samples"]), f"{r['share'] * 100:.1f}%"]
-           for r in p["top_inclusive"]]
+           for r in p.get("top_inclusive_serving", [])]
     return "\n".join([
         f"{p['tool']}, capserve serving `{p['model']}` to hey at concurrency "
         f"{p['concurrency']} for {p['duration_s']:.0f} s ({p['samples']} samples; "
@@ -118,8 +140,10 @@ def _profile(results: Results, out_dir: Path, doc_dir: Path) -> str:
         "",
         f"**Top three costs (own time):** {named}.",
         "",
-        "Own time:", "", table(["function", "samples", "share"], rows), "",
-        "Inclusive time:", "", table(["function", "samples", "share"], inc),
+        "Own time by function:", "", table(["function", "samples", "share"], rows), "",
+        "Own time by package:", "", table(["package", "samples", "share"], pkg), "",
+        "Inclusive time of capserve's own functions:", "",
+        table(["function", "samples", "share"], inc),
     ])
 
 
@@ -136,7 +160,7 @@ def render(results: Results, json_path: Path, doc_path: Path, plots: list[Path],
         "variant is `bench/gpu.sh`. Raw results: "
         f"`{_rel(json_path, doc_dir)}`.",
         "",
-        "## Setup", "", _setup(results), "",
+        "## Setup", "", _setup(results), "", _METHOD, "",
         "## Targets", "", _targets(results), "", _REFERENCE, "",
     ]
     for model in models:

@@ -34,9 +34,11 @@ def _attempt(results: Results, part: str, fn: Callable[[], object]) -> object | 
 
 
 def _server_threads(params: dict[str, str]) -> int:
-    for key in ("intra_op_thread_count", "intra_op_threads", "num_threads"):
-        if params.get(key, "").isdigit():
-            return int(params[key])
+    """The intra-op threads the server gives one instance: the config's, else every core."""
+    if params.get("intra_op_thread_count", "").isdigit():
+        return int(params["intra_op_thread_count"])
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
 
 

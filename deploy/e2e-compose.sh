@@ -65,6 +65,17 @@ read -r -a services <<<"${E2E_SERVICES:-capserve prometheus}"
 echo "e2e-compose: starting ${services[*]}"
 dc up -d "${services[@]}"
 
-"$python" "$here/e2e_requests.py" --http http://127.0.0.1:8000 \
-    $([[ " ${services[*]} " == *" prometheus "* ]] && echo --prometheus http://127.0.0.1:9090)
+prom=()
+if [[ " ${services[*]} " == *" prometheus "* ]]; then prom=(--prometheus http://127.0.0.1:9090); fi
+"$python" "$here/e2e_requests.py" --http http://127.0.0.1:8000 "${prom[@]}"
+
+# The container's own healthcheck (the image's, as overridden in docker-compose.yml) must agree.
+container="$(dc ps -q capserve)"
+for _ in $(seq 30); do
+    health="$(docker inspect --format '{{.State.Health.Status}}' "$container")"
+    [ "$health" = healthy ] && break
+    sleep 2
+done
+echo "e2e-compose: capserve container is $health"
+[ "$health" = healthy ]
 echo "e2e-compose: passed"

@@ -44,27 +44,35 @@ def emit(lines: Sequence[str], error: bool = False) -> None:
     print("\n".join(lines), file=sys.stderr if error else sys.stdout, flush=True)
 
 
+def _gate_text(gate: object) -> tuple[str, str]:
+    from export.parity import ATOL, RTOL, GateResult
+
+    if not isinstance(gate, GateResult):
+        return "-", ""
+    worst = gate.worst
+    text = ""
+    if worst is not None:
+        label, c = worst
+        text = f"{c.max_abs_diff:.2g}/{max(ATOL, RTOL * c.scale):.2g} {c.output}@{label}"
+    return ("ok" if gate.passed else "FAIL"), text
+
+
 def summary_lines(result: object) -> list[str]:
-    """One screen: one line per artifact with its worst parity number."""
+    """One screen: one line per artifact with its worst diff against its bound."""
     from export.pipeline import ExportResult
 
     assert isinstance(result, ExportResult)
-    lines = [f"{'model':<28} {'format':<12} {'gate':<5} {'worst diff / bound':<34} {'size':>9} {'time':>7}"]
+    lines = [f"{'model':<28} {'format':<12} {'gate':<5} {'worst |diff| / bound @ input':<36} "
+             f"{'size':>9} {'time':>7}"]
     for a in result.artifacts:
-        gate, worst_txt = "-", ""
-        if a.gate is not None:
-            gate = "ok" if a.gate.passed else "FAIL"
-            worst = a.gate.worst
-            if worst is not None:
-                label, c = worst
-                bound = max(1e-4, 1e-4 * c.scale)
-                worst_txt = f"{c.max_abs_diff:.2g}/{bound:.2g} {c.output}@{label}"
-        lines.append(f"{a.model:<28} {a.fmt:<12} {gate:<5} {worst_txt:<34} "
+        gate, worst = _gate_text(a.gate)
+        lines.append(f"{a.model:<28} {a.fmt:<12} {gate:<5} {worst:<36} "
                      f"{a.bytes / 1e6:>7.2f}MB {a.seconds:>6.1f}s")
+        if a.pt2_gate is not None:
+            gate, worst = _gate_text(a.pt2_gate)
+            lines.append(f"{'':<28} {'pt2':<12} {gate:<5} {worst:<36}")
         if a.note:
             lines.append(f"    note: {a.note}")
-        if a.pt2_gate is not None:
-            lines.append(f"{'':<28} {'pt2':<12} {'ok' if a.pt2_gate.passed else 'FAIL':<5}")
     return lines
 
 
@@ -94,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(summary_lines(result)))
         print(f"exported {name} version {result.version} into {args.store} "
               f"in {result.seconds:.1f} s")
-        if "torchscript" in opts.formats or "mar" in opts.formats:
+        if "pt2" not in opts.formats and ("torchscript" in opts.formats or "mar" in opts.formats):
             print("note: PyTorch deprecates TorchScript; add pt2 to --formats for the "
                   "torch.export format")
     return 0

@@ -2,8 +2,9 @@
 
 Exports every default checkpoint present (lenet, capsnet (+ capsnet_decoder), unet,
 style_mosaic) to ONNX + TorchScript + ``.mar``, in one process so torch, the ONNX exporter and
-ONNX Runtime are loaded once. A model whose store entries already exist is skipped unless
-``--force`` (which adds a new version). ``make store`` / ``make serve`` and the test suite's
+ONNX Runtime are loaded once. A model whose store entries were all exported from the same
+checkpoint file (``source_sha256``) is skipped unless ``--force``; a changed checkpoint is
+exported as a new version. ``make store`` / ``make serve`` and the test suite's
 ``default_store`` fixture run it.
 
 Exit status: 0 when every present checkpoint is in the store, 1 when an export failed or no
@@ -13,13 +14,20 @@ default checkpoint was found, 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from google.protobuf import text_format
+
 from export.cli import emit, summary_lines
 from export.errors import ExportError, ParityFailure
+from export.mar import TASK_FILE
+from export.model_config import parse_config
 
 logger = logging.getLogger(__name__)
 
@@ -28,17 +36,30 @@ FORMATS = ("onnx", "torchscript", "mar")
 MAX_BATCH_SIZE = 32
 
 
-def expected_entries(store: Path, name: str, capsule: bool) -> list[Path]:
+def _exported_sha(entry: Path) -> str:
+    """The source_sha256 an exported store entry records ("" when missing or unreadable)."""
+    try:
+        if entry.suffix == ".mar":
+            with zipfile.ZipFile(entry) as zf:
+                return str(json.loads(zf.read(TASK_FILE)).get("source_sha256", ""))
+        config = parse_config((entry / "config.pbtxt").read_text())
+        return config.parameters["source_sha256"].string_value
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, text_format.ParseError):
+        return ""
+
+
+def up_to_date(store: Path, name: str, checkpoint: Path) -> bool:
+    """Every store entry of ``name`` (ONNX, TorchScript, .mar, a capsule model's decoder) exists
+    and was exported from this very checkpoint file."""
+    sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     entries = [store / name, store / f"{name}_torchscript", store / f"{name}.mar"]
-    if capsule:
-        entries.append(store / f"{name}_decoder")
-    return entries
-
-
-def _present(store: Path, name: str) -> bool:
-    entries = expected_entries(store, name, capsule=name == "capsnet")
-    return all((e / "config.pbtxt").is_file() if e.suffix != ".mar" else e.is_file()
-               for e in entries)
+    try:
+        decoder = parse_config((store / name / "config.pbtxt").read_text()).parameters.get("decoder_model")
+    except (OSError, text_format.ParseError):
+        return False
+    if decoder is not None and decoder.string_value:
+        entries.append(store / decoder.string_value)
+    return all(_exported_sha(e) == sha for e in entries)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -62,9 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         emit([f"export.defaults: no default checkpoint ({', '.join(names)}) in {args.checkpoints}; "
               "`make models` trains them"], error=True)
         return 1
-    todo = [n for n in found if args.force or not _present(args.store, n)]
+    todo = [n for n in found
+            if args.force or not up_to_date(args.store, n, args.checkpoints / f"{n}.pt")]
     for n in sorted(set(found) - set(todo), key=found.index):
-        emit([f"{n}: already in {args.store}, skipped (--force exports a new version)"])
+        emit([f"{n}: already in {args.store} from this checkpoint, skipped "
+              "(--force exports a new version)"])
     if not todo:
         return 0
 

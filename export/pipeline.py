@@ -106,11 +106,13 @@ def export_source(src: Source, name: str, opts: ExportOptions) -> ExportResult:
     fmts = opts.formats
     if opts.max_batch_size is not None and opts.max_batch_size < 1:
         raise InvalidInput("--max-batch-size must be >= 1")
+    if opts.store.exists() and not opts.store.is_dir():
+        raise InvalidInput(f"--store {opts.store} is not a folder")
     servable = "onnx" in fmts or "torchscript" in fmts
-    decoder_base = name + DECODER_SUFFIX
-    if "onnx" not in fmts and "torchscript" in fmts:
-        decoder_base += TORCHSCRIPT_SUFFIX
-    models = served_models(src, name, decoder_base)
+    decoder_model = name + DECODER_SUFFIX
+    if "onnx" not in fmts:
+        decoder_model += TORCHSCRIPT_SUFFIX
+    models = served_models(src, name, decoder_model)
     if not servable:  # .mar only: the archive carries the main model alone
         models = [m for m in models if m.role == "main"]
     names = _store_names(models, fmts)
@@ -151,11 +153,11 @@ def export_source(src: Source, name: str, opts: ExportOptions) -> ExportResult:
             t0 = time.perf_counter()
             main = models[0]
             mbs = opts.max_batch_size or default_max_batch(mar_source.stat().st_size)
-            build_mar(name, mar_source, main.spec, mbs, staging.root)
+            archive, tool = build_mar(name, mar_source, main.spec, mbs, staging.root)
             staging.archive_path(name)
-            size = (staging.root / f"{name}.mar").stat().st_size
-            result.artifacts.append(ArtifactResult(f"{name}.mar", "mar", "torch-model-archiver", "",
-                                                   size, time.perf_counter() - t0, None))
+            result.artifacts.append(ArtifactResult(f"{name}.mar", "mar", tool, "",
+                                                   archive.stat().st_size, time.perf_counter() - t0,
+                                                   None))
         result.written = staging.commit(version)
     except BaseException:
         staging.discard()

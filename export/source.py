@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from export.errors import InvalidInput
 from export.spec import InputSpec, ModelSpec, decoder_spec, model_spec
 from training.checkpoint import InvalidCheckpoint, load_checkpoint
-from training.models.registry import UnknownArchitecture, build_model
+from training.models.registry import ARCHITECTURES, UnknownArchitecture, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,11 @@ class Source:
         return str(prov.get("data", "")) if isinstance(prov, dict) else ""
 
 
+def _one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else "(no detail)"
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -96,22 +101,26 @@ def load_source(path: Path) -> Source:
     try:
         ckpt = load_checkpoint(path)
     except InvalidCheckpoint as exc:
-        raise InvalidInput(f"{path} is not a capserve checkpoint: {exc}") from exc
+        msg = _one_line(str(exc))
+        if "unknown arch" in msg:
+            msg += f" (known: {', '.join(sorted(ARCHITECTURES))})"
+        raise InvalidInput(f"not a usable capserve checkpoint: {msg}") from exc
     except Exception as exc:  # torch.load raises many types for a file that is not a zip/pickle
-        raise InvalidInput(f"{path} is not a capserve checkpoint: {type(exc).__name__}: {exc}") from exc
+        raise InvalidInput(
+            f"{path} is not a capserve checkpoint: {type(exc).__name__}: {_one_line(str(exc))}"
+        ) from exc
     arch = str(ckpt.get("arch", ""))
     kwargs = ckpt.get("arch_kwargs") or {}
     try:
         module = build_model(arch, **kwargs)
     except UnknownArchitecture as exc:
-        raise InvalidInput(f"{path}: unknown architecture {arch!r} ({exc})") from exc
-    except TypeError as exc:
-        raise InvalidInput(f"{path}: arch_kwargs do not fit architecture {arch!r}: {exc}") from exc
+        raise InvalidInput(f"{path}: {_one_line(str(exc))}") from exc
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{path}: arch_kwargs do not fit architecture {arch!r}: {_one_line(str(exc))}") from exc
     try:
         module.load_state_dict(ckpt["state_dict"], strict=True)
     except (RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        raise InvalidInput(f"{path}: state_dict does not fit {arch!r}: {first}") from exc
+        raise InvalidInput(f"{path}: state_dict does not fit {arch!r}: {_one_line(str(exc))}") from exc
     module.eval()
     labels = [str(x) for x in ckpt.get("labels") or []]
     return Source(
@@ -120,14 +129,16 @@ def load_source(path: Path) -> Source:
     )
 
 
-def served_models(src: Source, name: str, decoder_name: str) -> list[ServedModel]:
-    """The models one checkpoint becomes: the main model and, for capsule models, its decoder.
+def served_models(src: Source, name: str, decoder_model: str) -> list[ServedModel]:
+    """The models one checkpoint becomes: the main model and, for capsule models, its decoder
+    ``NAME_decoder``, whose store name (``decoder_model``, with any format suffix) the main
+    model's parameters name.
 
-    Names are the base names; the format suffix (``_torchscript``) is added by the caller.
+    Names are base names; the caller adds the format suffix (``_torchscript``).
     """
     provenance = {"arch": src.arch, "source_checkpoint": src.path.name, "source_sha256": src.sha256}
     is_caps = src.task == "capsule_classification"
-    spec = model_spec(src.task, src.labels, src.input, provenance, decoder_name if is_caps else "")
+    spec = model_spec(src.task, src.labels, src.input, provenance, decoder_model if is_caps else "")
     inp = src.input
     example = torch.randn(2, inp.channels, inp.height, inp.width, generator=torch.Generator().manual_seed(0))
     main_module: nn.Module = CapsuleOutputs(src.module).eval() if is_caps else src.module
@@ -137,6 +148,6 @@ def served_models(src: Source, name: str, decoder_name: str) -> list[ServedModel
             raise InvalidInput(f"capsule architecture {src.arch!r} has no decode(poses) method")
         dec_spec = decoder_spec(len(src.labels), inp, provenance)
         poses = torch.randn(2, *dec_spec.inputs[0].dims, generator=torch.Generator().manual_seed(1))
-        models.append(ServedModel(decoder_name, dec_spec, CapsuleDecoder(src.module).eval(), poses,
+        models.append(ServedModel(f"{name}_decoder", dec_spec, CapsuleDecoder(src.module).eval(), poses,
                                   False, src.arch, role="decoder"))
     return models

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -35,7 +36,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
 ]
 _SWITCHES = [
     ("--enable-model-control", "allow repository index/load/unload (token-checked when a token file is set)"),
-    ("--allow-archive-code", "UNSAFE: run Python code shipped inside .mar archives"),
+    ("--allow-archive-code", "UNSAFE: accept .mar archives whose handler is custom Python (served with the built-in pipeline; that code is never run)"),
 ]
 
 
@@ -74,8 +75,17 @@ async def _serve(settings: Any) -> int:
         await server.open_listeners()
         for listener in server.listeners:
             print(f"capserve: {listener.kind} listening on {listener.url}", flush=True)
-        await server.load_models()
-        await stop.wait()
+        # A signal during a long model load must not wait for the load to finish.
+        load = asyncio.create_task(server.load_models())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({load, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if load.done():
+            load.result()  # surface a load error
+            await stopping
+        else:
+            load.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await load
     except OSError as exc:  # a port in use, an unreadable store
         print(f"capserve: cannot start: {exc}", file=sys.stderr, flush=True)
         code = 1

@@ -9,9 +9,9 @@ calls, queued and in-flight work finishes within the grace period, then the back
 from __future__ import annotations
 
 import asyncio
-import math
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -68,10 +68,6 @@ class _HttpListener:
         host, port = sock.getsockname()[:2]
         return Listener(self.kind, f"http://{host}:{port}")
 
-    def _inflight(self) -> int:
-        """Requests inside the core now (the gauge the core keeps for the whole server)."""
-        return int(self.registry.get_sample_value("capserve_inflight_requests") or 0)
-
     async def stop(self) -> None:
         """Stop accepting, close idle connections, wait for in-flight requests (up to the grace)."""
         if self._ticker is None:
@@ -94,18 +90,26 @@ class Extensions:
     http_routes: Sequence[BaseRoute] = ()
     grpc_hooks: list[Callable[[aio.Server], None]] = field(default_factory=list)
     management_app: Starlette | None = None
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
 
-def default_extensions(service: InferenceService, settings: Settings) -> Extensions:
-    # >>> EXTENSION POINT (lead): TorchServe-compatible routes and services. For example:
-    #   from serving.transport.torchserve_http import torchserve_routes
-    #   from serving.transport.torchserve_grpc import add_torchserve_services
-    #   from serving.transport.management_http import create_management_app
-    #   return Extensions(http_routes=torchserve_routes(service, settings),
-    #                     grpc_hooks=[lambda server: add_torchserve_services(server, service, settings)],
-    #                     management_app=create_management_app(service, settings))
-    # <<< EXTENSION POINT
-    return Extensions()
+def default_extensions(
+    service: InferenceService, settings: Settings, repository: ModelRepository
+) -> Extensions:
+    """The TorchServe dialect: its routes on the HTTP port, its gRPC services, the management app.
+
+    Built before the store loads, because it materialises the store's ``.mar`` archives into
+    model directories that the repository then loads with the rest.
+    """
+    from serving.transport.torchserve_http import build_torchserve
+
+    parts = build_torchserve(service, settings, repository.add_model_dir)
+    return Extensions(
+        http_routes=parts.routes,
+        grpc_hooks=[parts.grpc_hook],
+        management_app=parts.management_app,
+        closers=[parts.close],
+    )
 
 
 class Server:
@@ -135,11 +139,14 @@ class Server:
                           settings.management_port, grace)
             if extensions.management_app is not None else None
         )
-        self._grpc = create_grpc_server(service, gate, settings.grpc_max_message_bytes)
+        self._grpc, self._grpc_begin_shutdown = create_grpc_server(
+            service, gate, settings.grpc_max_message_bytes
+        )
         for hook in extensions.grpc_hooks:
             hook(self._grpc)
         self._grpc_started = False
         self._stopping = False
+        self._closers = list(extensions.closers)
 
     async def start(self) -> None:
         """Bind every listener, then load the model store (liveness answers meanwhile)."""
@@ -180,6 +187,7 @@ class Server:
                     self._inflight(), grace)
         stops = [self._http.stop(), self.service.drain(grace)]
         if self._grpc_started:
+            self._grpc_begin_shutdown()
             stops.append(self._grpc.stop(grace))
         if self._management is not None:
             stops.append(self._management.stop())
@@ -192,6 +200,11 @@ class Server:
             logger.error("drain did not finish within the grace period; closing anyway")
         logger.info("drained: %d requests still in flight", self._inflight())
         await self.service.close()
+        for close in self._closers:
+            try:
+                close()
+            except Exception:
+                logger.exception("error while closing an extension")
         # Metrics last: a scraper can watch the drain until the very end.
         with contextlib.suppress(Exception):
             await self._metrics.stop()
@@ -205,5 +218,5 @@ def build_server(settings: Settings, extensions: Extensions | None = None) -> Se
     repository = ModelRepository(settings.model_store, device=settings.device)
     service = InferenceService(repository, metrics, server_version=SERVER_VERSION)
     if extensions is None:
-        extensions = default_extensions(service, settings)
+        extensions = default_extensions(service, settings, repository)
     return Server(settings, service, registry, extensions)

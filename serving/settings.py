@@ -28,13 +28,13 @@ class Settings(BaseSettings):
     """Triton-layout model repository to serve (``<model>/config.pbtxt``, ``<model>/<version>/``)."""
     host: str = "127.0.0.1"
     """Address every inference and metrics listener binds."""
-    http_port: int = Field(8000, ge=0, le=65535)
+    http_port: int = Field(default=8000, ge=0, le=65535)
     """HTTP port (KServe v2, Triton extensions, TorchServe inference paths); 0 picks a free one."""
-    grpc_port: int = Field(8001, ge=0, le=65535)
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
     """gRPC port (Triton GRPCInferenceService, TorchServe inference, grpc.health.v1)."""
-    metrics_port: int = Field(8002, ge=0, le=65535)
+    metrics_port: int = Field(default=8002, ge=0, le=65535)
     """Prometheus metrics port (``/metrics``)."""
-    management_port: int = Field(8081, ge=0, le=65535)
+    management_port: int = Field(default=8081, ge=0, le=65535)
     """TorchServe management API port."""
     management_host: str = "127.0.0.1"
     """Address the management listener binds (kept separate so it can stay private)."""
@@ -44,13 +44,13 @@ class Settings(BaseSettings):
     """Allow loading and unloading models through the APIs (off: the store is fixed at start)."""
     api_token_file: Path | None = None
     """File holding the bearer token for model control and management; must be mode 0600."""
-    max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest HTTP request body accepted, in bytes."""
-    grpc_max_message_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest gRPC message received or sent, in bytes."""
-    max_image_pixels: int = Field(40_000_000, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
     """Largest decoded image (width x height) an image endpoint accepts, in pixels."""
-    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     """On SIGTERM: seconds to let queued and running requests finish before stopping."""
     log_format: Literal["text", "json"] = "text"
     """Log line format."""

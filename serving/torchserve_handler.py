@@ -61,15 +61,26 @@ def _payload(row: Mapping[str, Any]) -> bytes:
     raise _BadRow(f"field 'data' has unsupported type {type(value).__name__}")
 
 
-def _options(row: Mapping[str, Any]) -> TaskOptions:
-    # TorchServe passes query parameters (?topk=3) as extra keys beside data/body.
-    query = {}
-    for key, value in row.items():
-        if key in ("data", "body"):
-            continue
-        query[str(key)] = value.decode(errors="replace") if isinstance(value, bytes | bytearray) \
-            else str(value)
-    return TaskOptions.parse(query)
+_OPTION_KEYS = ("topk", "top_k", "format", "poses", "reconstruction", "probabilities")
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes | bytearray) else str(value)
+
+
+def _options(row: Mapping[str, Any], headers: Mapping[str, Any]) -> TaskOptions:
+    """Options from multipart fields (``-F topk=3``) or request headers; ``Accept`` as well."""
+    lowered = {str(k).lower(): v for k, v in headers.items()}
+    query = {k: _text(lowered[k]) for k in _OPTION_KEYS if k in lowered}
+    query.update({str(k): _text(v) for k, v in row.items() if k in _OPTION_KEYS})
+    return TaskOptions.parse(query, _text(lowered.get("accept", "")))
+
+
+def _headers(context: Any, idx: int) -> Mapping[str, Any]:
+    try:
+        return context.get_all_request_header(idx) or {}
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return {}
 
 
 class _BadRow(Exception):
@@ -132,7 +143,7 @@ class CapserveHandler:
         ready: list[tuple[int, Prepared, TaskOptions]] = []
         for idx, row in enumerate(data):
             try:
-                options = _options(row)
+                options = _options(row, _headers(context, idx))
                 ready.append((idx, prepare(self.spec, _payload(row), self.max_pixels), options))
             except (ServingError, _BadRow) as exc:
                 answers[idx] = self._error(context, idx, exc)

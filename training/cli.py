@@ -21,7 +21,14 @@ import torch
 from training import data as datasets
 from training import loaders
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.engine import CapsuleTask, SegmentationTask, StyleTask, Task, evaluate, train_one_epoch
+from training.engine import (
+    CapsuleTask,
+    SegmentationTask,
+    StyleTask,
+    Task,
+    evaluate,
+    train_one_epoch,
+)
 from training.models.registry import ARCHITECTURES, ArchSpec, build_model, get_spec
 from training.photos import STYLES, style_image
 from training.plots import save_curves
@@ -79,6 +86,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--style", default="mosaic",
                    help=f"style transfer: style image file or a procedural one: {', '.join(STYLES)}")
     p.add_argument("--style-weight", type=float, default=30.0)
+    p.add_argument("--content-weight", type=float, default=1.0)
+    p.add_argument("--lowpass-weight", type=float, default=50.0,
+                   help="style transfer: weight of the low-pass luminance content term")
+    p.add_argument("--tv-weight", type=float, default=1e-3)
     p.add_argument("--loss-net", default=None,
                    help="style transfer: a local torchvision VGG-16 state_dict file "
                         "(default: a fixed random-weight multi-scale feature network)")
@@ -144,7 +155,9 @@ def make_task(spec: ArchSpec, args: argparse.Namespace, ds: datasets.ImageSet, m
     if spec.task == "style_transfer":
         net: torch.nn.Module = VGGFeatures(args.loss_net) if args.loss_net else RandomFeatureNet()
         style = datasets.resize_photo(style_image(args.style), size)[None]
-        return StyleTask(net.to(device), style.to(device), style_weight=args.style_weight)
+        return StyleTask(net.to(device), style.to(device), style_weight=args.style_weight,
+                         content_weight=args.content_weight, lowpass_weight=args.lowpass_weight,
+                         tv_weight=args.tv_weight)
     return Task()
 
 
@@ -242,6 +255,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     }
     if style:
         provenance.update(style=args.style, style_weight=args.style_weight,
+                          content_weight=args.content_weight, lowpass_weight=args.lowpass_weight,
+                          tv_weight=args.tv_weight,
                           loss_net=args.loss_net or "random-multiscale")
     out = args.out or (None if args.dry_run else f"checkpoints/{args.arch}.pt")
     ckpt_args: dict[str, Any] = dict(

@@ -34,14 +34,14 @@ def _one(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     for _ in range(int(rng.integers(1, 5))):
         cls = int(rng.integers(1, 3))
         cy, cx = rng.uniform(0.15, 0.85, size=2) * size
-        a, b = rng.uniform(0.08, 0.25, size=2) * size
+        a, b = rng.uniform(0.1, 0.25, size=2) * size
         t = rng.uniform(0, np.pi)
         dx, dy = xx - cx, yy - cy
         u = dx * np.cos(t) + dy * np.sin(t)
         v = -dx * np.sin(t) + dy * np.cos(t)
         inside = (u / a) ** 2 + (v / b) ** 2 <= 1.0 if cls == 1 else (np.abs(u) <= a) & (np.abs(v) <= b)
-        # the fill differs from the local background by at least 0.15 either way
-        level = rng.uniform(0.15, 0.4) * rng.choice([-1.0, 1.0])
+        # the fill differs from the mean background by at least 0.2 either way
+        level = rng.uniform(0.2, 0.45) * rng.choice([-1.0, 1.0])
         fill = np.clip(img.mean() + level, 0.0, 1.0) + _texture(rng, yy, xx)
         img = np.where(inside, fill, img)
         mask[inside] = cls

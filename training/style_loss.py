@@ -55,6 +55,8 @@ class VGGFeatures(nn.Module):
         self.slices = nn.ModuleList(net.features[a:b] for a, b in ((0, 4), (4, 9), (9, 16), (16, 23)))
         for p in self.parameters():
             p.requires_grad_(False)
+        self.mean: Tensor
+        self.std: Tensor
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from serving.backends.base import BackendSpec
 from serving.backends.devices import resolve_device
+from serving.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,31 @@ class OnnxRuntimeBackend:
         self._run_options = ort.RunOptions()
 
     def run(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-        results = self._session.run(output_names, inputs, self._run_options)
-        return {name: np.asarray(r) for name, r in zip(output_names, results, strict=True)}
+        feed = {n: _to_ort_strings(n, a) if a.dtype == np.object_ else a for n, a in inputs.items()}
+        results = self._session.run(output_names, feed, self._run_options)
+        out = {}
+        for name, r in zip(output_names, results, strict=True):
+            arr = np.asarray(r)
+            out[name] = _from_ort_strings(arr) if arr.dtype == np.object_ else arr
+        return out
 
     def close(self) -> None:
         # ORT frees the session when the last reference goes; drop ours now.
         self._session = None
+
+
+# ONNX string tensors hold text: ORT's Python binding takes ``str`` elements (a ``bytes`` element
+# would be stored as its repr) and returns ``str``. BYTES tensors are the only per-element path.
+def _to_ort_strings(name: str, arr: np.ndarray) -> np.ndarray:
+    try:
+        items = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f"BYTES input '{name}' is not valid UTF-8; ONNX string tensors hold text"
+        ) from None
+    return np.array(items, dtype=np.object_).reshape(arr.shape)
+
+
+def _from_ort_strings(arr: np.ndarray) -> np.ndarray:
+    items = [x.encode("utf-8") if isinstance(x, str) else x for x in arr.reshape(-1)]
+    return np.array(items, dtype=np.object_).reshape(arr.shape)

@@ -15,8 +15,12 @@ executor the head batch is dispatched at once when
 3. it is a lone request: nothing else is queued. An idle model never makes a single caller wait
    out the delay.
 
-Otherwise several requests are queued (they are arriving faster than batches complete) but the
-batch is small: it is held until rule 1 or 2 fires, so the delay bounds the extra wait.
+4. arrivals have paused: no request came for twice the usual gap between arrivals (an average
+   of recent gaps), so holding would only leave the instance idle (e.g. closed-loop clients
+   that are all waiting for answers).
+
+Otherwise the batch is small while requests keep arriving: it is held until one of the rules
+fires, so the delay bounds the extra wait of any request once an executor is free.
 
 Guarantees: every accepted request gets exactly one answer (its future is always resolved);
 scheduling is event driven (arrival, completion, timer) and every step is guarded so no exception
@@ -30,17 +34,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import itertools
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
-
 from serving.batching.clock import Clock, MonotonicClock, TimerHandle
+from serving.batching.collate import Arrays, Executed, Runner, execute
 from serving.batching.policy import BatchPolicy
 from serving.errors import (
     BackendError,
@@ -53,9 +55,6 @@ from serving.errors import (
 
 logger = logging.getLogger(__name__)
 
-Arrays = dict[str, np.ndarray]
-# One model instance: stacked inputs -> outputs (every output batched when the model batches).
-Runner = Callable[[Arrays], Arrays]
 
 
 class BatchObserver(Protocol):
@@ -98,14 +97,6 @@ class _Pending:
     dispatched: float = 0.0
 
 
-@dataclass(slots=True)
-class _Timings:
-    compute_input_s: float
-    compute_infer_s: float
-    compute_output_s: float
-    outputs: list[Arrays] = field(default_factory=list)
-
-
 def _shape_key(inputs: Arrays, batched: bool) -> tuple[object, ...]:
     skip = 1 if batched else 0
     return tuple((n, a.dtype.str, a.shape[skip:]) for n, a in sorted(inputs.items()))
@@ -138,7 +129,9 @@ class DynamicBatcher:
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self._ids = itertools.count()
+        self._last_arrival = 0.0
+        self._gap = 0.0
+        self._arrivals = 0
 
     @property
     def policy(self) -> BatchPolicy:
@@ -185,6 +178,7 @@ class DynamicBatcher:
         if qpolicy.max_queue_size and self._counts[level] >= qpolicy.max_queue_size:
             raise QueueFull()
         now = self._clock.now()
+        self._note_arrival(now)
         pending = _Pending(
             inputs=inputs,
             batch_size=batch_size,
@@ -203,6 +197,14 @@ class DynamicBatcher:
         self._pending_changed(1)
         self._guarded_schedule()
         return pending
+
+    def _note_arrival(self, now: float) -> None:
+        """Track the typical gap between arrivals (an EWMA; gaps capped at the delay)."""
+        if self._arrivals:
+            gap = min(max(0.0, now - self._last_arrival), self._policy.max_queue_delay_us / 1e6)
+            self._gap = gap if self._arrivals == 1 else 0.7 * self._gap + 0.3 * gap
+        self._arrivals += 1
+        self._last_arrival = now
 
     # -- queue bookkeeping -------------------------------------------------------------------
 
@@ -281,10 +283,18 @@ class DynamicBatcher:
         if preferred_cut:
             return chosen[:preferred_cut]
         delay = policy.max_queue_delay_us / 1e6
-        now = self._clock.now()
-        if delay <= 0 or now - head.enqueued >= delay or len(queued) == 1:
+        deadline = head.enqueued + delay
+        # The tolerance absorbs float rounding and timers that fire a hair early; without it a
+        # timer at exactly ``deadline`` could re-arm itself forever.
+        now = self._clock.now() + 1e-7
+        if delay <= 0 or now >= deadline or len(queued) == 1:
             return chosen
-        self._arm_delay(head.enqueued + delay)
+        # Hold only while requests keep arriving: once no request came for twice the usual gap
+        # between arrivals, waiting longer would leave the instance idle for nothing.
+        quiet_at = self._last_arrival + 2 * self._gap
+        if now >= quiet_at:
+            return chosen
+        self._arm_delay(min(deadline, quiet_at))
         return None
 
     def _arm_delay(self, deadline: float) -> None:
@@ -311,48 +321,19 @@ class DynamicBatcher:
         instance = self._free.pop()
         self._running += len(batch)
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, self._execute, self._runners[instance], batch)
+        sizes = [p.batch_size for p in batch] if self._policy.max_batch_size > 0 else None
+        fut = loop.run_in_executor(
+            self._pool, execute, self._runners[instance], [p.inputs for p in batch], sizes,
+            self._clock.now, self._name,
+        )
         fut.add_done_callback(lambda f: self._finished(instance, batch, f))
 
-    def _execute(self, runner: Runner, batch: list[_Pending]) -> _Timings:
-        """Runs in an executor thread: stack, run, check dim 0, split."""
-        clock = self._clock
-        batched = self._policy.max_batch_size > 0
-        t0 = clock.now()
-        if len(batch) == 1:
-            inputs = batch[0].inputs
-        else:
-            inputs = {
-                name: np.concatenate([p.inputs[name] for p in batch], axis=0)
-                for name in batch[0].inputs
-            }
-        t1 = clock.now()
-        outputs = runner(inputs)
-        t2 = clock.now()
-        if not batched:
-            split = [outputs]
-        else:
-            total = sum(p.batch_size for p in batch)
-            for name, arr in outputs.items():
-                if arr.ndim == 0 or arr.shape[0] != total:
-                    raise BackendError(
-                        f"model '{self._name}' returned output '{name}' with shape "
-                        f"{list(arr.shape)}; dim 0 must be the batch size {total}"
-                    )
-            bounds = np.cumsum([0] + [p.batch_size for p in batch])
-            split = [
-                {name: arr[bounds[i] : bounds[i + 1]] for name, arr in outputs.items()}
-                for i in range(len(batch))
-            ]
-        t3 = clock.now()
-        return _Timings(t1 - t0, t2 - t1, t3 - t2, split)
-
-    def _finished(self, instance: int, batch: list[_Pending], fut: asyncio.Future[_Timings]) -> None:
+    def _finished(self, instance: int, batch: list[_Pending], fut: asyncio.Future[Executed]) -> None:
         try:
             self._free.append(instance)
             self._running -= len(batch)
             error: ServingError | None = None
-            timings: _Timings | None = None
+            timings: Executed | None = None
             try:
                 timings = fut.result()
             except ServingError as exc:

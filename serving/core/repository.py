@@ -57,6 +57,11 @@ class ModelRepository:
         self._observer_factory: ObserverFactory | None = None
         self._locks: dict[str, asyncio.Lock] = {}
 
+    @property
+    def clock(self) -> Clock | None:
+        """The clock batchers use (None: the real monotonic clock)."""
+        return self._clock
+
     def set_observer_factory(self, factory: ObserverFactory) -> None:
         self._observer_factory = factory
 

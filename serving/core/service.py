@@ -6,13 +6,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from serving.batching import BatchObserver
 from serving.core.classification import classify
-from serving.core.config import datatype_of, instance_count
+from serving.core.config import datatype_of
+from serving.core.describe import (
+    ModelDescription,
+    describe_version,
+    tensor_metadata,
+    unloaded_description,
+)
 from serving.core.loaded import LoadedVersion, build_version
 from serving.core.metrics import Metrics
 from serving.core.repository import ModelRepository
@@ -25,7 +30,6 @@ from serving.core.types import (
     RequestedOutput,
     ServerMetadata,
     Tensor,
-    TensorMetadata,
 )
 from serving.core.validation import check_request
 from serving.errors import (
@@ -41,6 +45,8 @@ from serving.generated import model_config_pb2
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["EXTENSIONS", "InferenceService", "ModelDescription"]
+
 # The Triton extensions this server implements (binary_tensor_data lives in the HTTP transport).
 EXTENSIONS = (
     "classification",
@@ -51,23 +57,6 @@ EXTENSIONS = (
     "parameters",
     "statistics",
 )
-
-
-@dataclass(slots=True)
-class ModelDescription:
-    name: str
-    version: str
-    platform: str
-    max_batch_size: int
-    max_queue_delay_us: int
-    instances: int
-    pending_requests: int
-    max_queue_size: int  # 0 = unbounded
-    is_default: bool
-    loaded_at: float  # epoch seconds, 0 when not loaded
-    load_seconds: float
-    ready: bool
-    model_dir: str
 
 
 class _Observer:
@@ -86,12 +75,6 @@ class _Observer:
         self._stats.record_execution(batch_size, compute_input_s, compute_infer_s, compute_output_s)
         self._metrics.execution(self._name, self._version, batch_size, compute_input_s,
                                 compute_infer_s, compute_output_s)
-
-
-def _tensor_meta(tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput,
-                 batched: bool) -> TensorMetadata:
-    dims = tuple(int(d) for d in tensor.dims)
-    return TensorMetadata(tensor.name, datatype_of(tensor), (-1, *dims) if batched else dims)
 
 
 class InferenceService:
@@ -139,6 +122,7 @@ class InferenceService:
         self._draining = True
         for entry in self._repo.entries():
             for loaded in self._repo.unload(entry.name):
+                self._metrics.model_state(loaded.name, loaded.version, False)
                 await loaded.close()
 
     # -- health and metadata -----------------------------------------------------------------
@@ -169,8 +153,8 @@ class InferenceService:
             name=name,
             versions=tuple(self._repo.entry(name).ready_versions()),
             platform=config.platform,
-            inputs=tuple(_tensor_meta(i, batched) for i in config.input),
-            outputs=tuple(_tensor_meta(o, batched) for o in config.output),
+            inputs=tuple(tensor_metadata(i, batched) for i in config.input),
+            outputs=tuple(tensor_metadata(o, batched) for o in config.output),
         )
 
     def model_config(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
@@ -243,36 +227,14 @@ class InferenceService:
 
     def describe_model(self, name: str, version: str = "") -> list[ModelDescription]:
         entry = self._repo.entry(name)
-        default = self._repo.default_version(name)
         if version:
-            loaded_list: list[LoadedVersion] = [self._repo.resolve(name, version)]
+            loaded = [self._repo.resolve(name, version)]
         else:
-            loaded_list = [entry.versions[v] for v in entry.ready_versions()]
-        out = []
-        for lv in loaded_list:
-            cfg = lv.config
-            db = cfg.dynamic_batching
-            out.append(ModelDescription(
-                name=name, version=lv.version, platform=cfg.platform,
-                max_batch_size=int(cfg.max_batch_size),
-                max_queue_delay_us=int(db.max_queue_delay_microseconds),
-                instances=lv.batcher.instances, pending_requests=lv.batcher.queued,
-                max_queue_size=int(db.default_queue_policy.max_queue_size),
-                is_default=lv.version == default, loaded_at=lv.loaded_at,
-                load_seconds=lv.load_seconds, ready=True, model_dir=str(lv.model_dir),
-            ))
-        if not out:
-            cfg = self.model_config(name)
-            out.append(ModelDescription(
-                name=name, version="", platform=cfg.platform,
-                max_batch_size=int(cfg.max_batch_size),
-                max_queue_delay_us=int(cfg.dynamic_batching.max_queue_delay_microseconds),
-                instances=instance_count(cfg), pending_requests=0,
-                max_queue_size=int(cfg.dynamic_batching.default_queue_policy.max_queue_size),
-                is_default=False, loaded_at=0.0, load_seconds=0.0, ready=False,
-                model_dir=str(entry.model_dir),
-            ))
-        return out
+            loaded = [entry.versions[v] for v in entry.ready_versions()]
+        if not loaded:
+            return [unloaded_description(entry, self.model_config(name))]
+        default = self._repo.default_version(name)
+        return [describe_version(lv, lv.version == default) for lv in loaded]
 
     async def scale_model(self, name: str, version: str, instances: int) -> None:
         if instances < 1:
@@ -288,7 +250,7 @@ class InferenceService:
         try:
             rebuilt = await asyncio.to_thread(
                 build_version, config, current.model_dir, current.version,
-                device=self._repo.device, instances=instances, clock=None,
+                device=self._repo.device, instances=instances, clock=self._repo.clock,
                 observer_factory=self._observer_for,
             )
         except Exception as exc:

@@ -8,12 +8,10 @@ an image with too many pixels is refused from its header, before any pixel is de
 from __future__ import annotations
 
 import io
-import struct
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from serving.errors import InvalidInput, PayloadTooLarge
 from serving.tasks.spec import TaskSpec
@@ -39,13 +37,13 @@ def decode_image(data: bytes, max_pixels: int) -> Decoded:
     if not data:
         raise InvalidInput("empty image: the request carried 0 bytes of image data")
     try:
-        with warnings.catch_warnings():
-            # Our own limit below replaces Pillow's warning; its hard error is still caught.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        # Image.open reads only the header. Pillow's own bomb guard may warn (or refuse far
+        # larger images) here; our limit below is the one that applies. (No catch_warnings:
+        # it is not thread-safe and this runs in a thread pool.)
+        image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image refused before decoding: {exc}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:  # Pillow raises many types on hostile headers; all mean "bad image"
         raise InvalidInput(_unidentified(data, exc)) from None
     fmt = image.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
@@ -64,9 +62,10 @@ def decode_image(data: bytes, max_pixels: int) -> Decoded:
         upright: Image.Image = ImageOps.exif_transpose(image) or image
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image refused: {exc}") from None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error) as exc:
+    except Exception as exc:  # KeyError, struct.error, ... from corrupt files: all client errors
         raise InvalidInput(f"cannot decode {fmt} image ({width}x{height}, {len(data)} bytes): "
-                           f"{exc or type(exc).__name__}; the file is truncated or corrupt") from None
+                           f"{str(exc) or type(exc).__name__}; the file is truncated or "
+                           "corrupt") from None
     return Decoded(image=upright, width=upright.size[0], height=upright.size[1])
 
 
@@ -176,7 +175,12 @@ class Prepared:
 def prepare(spec: TaskSpec, data: bytes, max_pixels: int) -> Prepared:
     """Decode, convert, resize and normalise one image for ``spec``'s model."""
     decoded = decode_image(data, max_pixels)
-    image = resize_for(spec, to_color(decoded.image, spec.color))
+    try:
+        converted = to_color(decoded.image, spec.color)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"cannot convert a {decoded.image.mode} image to {spec.color}: "
+                           f"{exc}") from None
+    image = resize_for(spec, converted)
     return Prepared(tensor=normalize(spec, image), original_size=(decoded.width, decoded.height),
                     fed_size=image.size)
 

@@ -20,6 +20,9 @@ class TaskOptions:
     poses: bool = False
     reconstruction: bool = False
     probabilities: bool = False
+    # False when the format came from Accept: a task that cannot answer in it then uses its
+    # default instead of failing (clients often send Accept: application/json by habit).
+    explicit_format: bool = False
 
     @classmethod
     def parse(cls, query: Mapping[str, str], accept: str = "") -> TaskOptions:
@@ -37,9 +40,10 @@ class TaskOptions:
             fmt = "jpeg"
         if fmt and fmt not in FORMATS:
             raise InvalidInput(f"format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+        explicit = bool(fmt)
         if not fmt:
             fmt = _from_accept(accept)
-        return cls(topk=k, format=fmt, poses=_flag(query, "poses"),
+        return cls(topk=k, format=fmt, explicit_format=explicit, poses=_flag(query, "poses"),
                    reconstruction=_flag(query, "reconstruction"),
                    probabilities=_flag(query, "probabilities"))
 

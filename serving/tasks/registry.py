@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+from PIL import Image
 
 from serving.core.types import InferRequest, RequestedOutput, Tensor
 from serving.errors import InvalidInput
@@ -55,8 +57,12 @@ class TaskRegistry:
     """Chooses each model's pipeline from its config parameters and runs it."""
 
     def __init__(self, service: InferenceService, settings: Settings) -> None:
-        self._service = service
+        self.service = service
         self._max_pixels = int(settings.max_image_pixels)
+        # Pillow refuses images over 2x its own limit at open time; raise that limit when the
+        # operator allows larger images, so our header check stays the one that decides.
+        if self._max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
+            Image.MAX_IMAGE_PIXELS = self._max_pixels
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(settings.image_workers)),
                                         thread_name_prefix="capserve-image")
 
@@ -68,12 +74,12 @@ class TaskRegistry:
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
 
     def _model(self, name: str, version: str) -> _Model:
-        params = self._service.model_parameters(name, version)  # ModelNotFound for unknown
+        params = self.service.model_parameters(name, version)  # ModelNotFound for unknown
         spec = TaskSpec.from_parameters(name, params)
-        config = self._service.model_config(name, version)
+        config = self.service.model_config(name, version)
         if not config.input:
             raise InvalidInput(f"model '{name}' declares no input")
-        return _Model(spec=spec, labels=list(self._service.model_labels(name, version)),
+        return _Model(spec=spec, labels=list(self.service.model_labels(name, version)),
                       input_name=config.input[0].name, batched=config.max_batch_size > 0,
                       output_names=[o.name for o in config.output])
 
@@ -94,7 +100,7 @@ class TaskRegistry:
             model_name=model.spec.model, model_version=version,
             inputs=[Tensor(model.input_name, "FP32", tuple(data.shape), data)],
             outputs=[RequestedOutput(name) for name in outputs])
-        response = await self._service.infer(request)
+        response = await self.service.infer(request)
         return {t.name: (t.data[0] if model.batched else t.data) for t in response.outputs}
 
     def _wanted(self, model: _Model, options: TaskOptions, explain: bool) -> list[str]:
@@ -134,7 +140,7 @@ class TaskRegistry:
         decoder_name = entry.spec.decoder_model
         if not decoder_name:
             raise InvalidInput(f"capsule model '{model}' names no decoder_model parameter")
-        decoder = self._service.model_config(decoder_name)
+        decoder = self.service.model_config(decoder_name)
         prepared = await self._prepare_all(entry.spec, images)
         wanted = self._wanted(entry, options, explain=True)
         outputs = await asyncio.gather(
@@ -157,21 +163,32 @@ class TaskRegistry:
 
     async def _decode(self, name: str, input_name: str, poses: np.ndarray, *, batched: bool,
                       output: str) -> np.ndarray:
-        if not batched:
-            parts = [await self._decode(name, input_name, p[None], batched=True, output=output)
-                     for p in poses]  # unbatched decoder: one pose set per request
-            return np.concatenate(parts, axis=0)
-        request = InferRequest(model_name=name, inputs=[
-            Tensor(input_name, "FP32", tuple(poses.shape), np.ascontiguousarray(poses))],
-            outputs=[RequestedOutput(output)])
-        response = await self._service.infer(request)
-        return response.outputs[0].data
+        """Reconstructions [N, ...] for pose sets [N, C, D] (one request per set when the
+        decoder does not batch)."""
+        async def one(data: np.ndarray) -> np.ndarray:
+            request = InferRequest(model_name=name, inputs=[
+                Tensor(input_name, "FP32", tuple(data.shape), np.ascontiguousarray(data))],
+                outputs=[RequestedOutput(output)])
+            return (await self.service.infer(request)).outputs[0].data
+
+        if batched:
+            return await one(poses)
+        return np.stack(await asyncio.gather(*(one(p) for p in poses)))
+
+
+_FORMATS_OF = {"classification": ("json",), "segmentation": ("json", "png"),
+               "style_transfer": ("png", "jpeg"), "capsule_classification": ("json",)}
 
 
 def render(spec: TaskSpec, labels: Sequence[str], prepared: Prepared,
            outputs: dict[str, np.ndarray], options: TaskOptions) -> TaskResult:
     """Post-process one image's outputs into the bytes the client receives."""
     task = spec.task
+    if options.format and options.format not in _FORMATS_OF[task]:
+        if options.explicit_format:
+            raise InvalidInput(f"a {task} model answers in {' or '.join(_FORMATS_OF[task])}, "
+                               f"not {options.format}")
+        options = dataclasses.replace(options, format="")  # Accept was only a preference
     if task == "classification":
         (logits,) = outputs.values()
         body = post.classification(logits, labels, options.topk, spec.output_semantics or "logits")

@@ -28,6 +28,8 @@ from serving.transport.errors import grpc_errors, grpc_status_message
 
 logger = logging.getLogger(__name__)
 
+_SHUTDOWN = object()  # marker put into open streams' queues when the server drains
+
 _UNSUPPORTED_RPCS = (
     "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
     "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
@@ -56,6 +58,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: InferenceService, gate: ModelControlGate) -> None:
         self._service = service
         self._gate = gate
+        self._streams: set[asyncio.Queue[Any]] = set()
+
+    def begin_shutdown(self) -> None:
+        """End open streams once they have answered what they sent (idle streams would hold
+        the server's shutdown for the whole grace period)."""
+        for q in self._streams:
+            q.put_nowait(_SHUTDOWN)
 
     @grpc_errors
     async def ServerLive(self, request: pb.ServerLiveRequest, context: aio.ServicerContext) -> pb.ServerLiveResponse:
@@ -106,7 +115,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests of one stream run concurrently; an error answers that request and the stream goes on."""
-        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        out: asyncio.Queue[Any] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
 
         async def answer(message: pb.ModelInferRequest) -> None:
@@ -131,10 +140,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 out.put_nowait(None)
 
         reader = asyncio.create_task(read())
+        self._streams.add(out)
         try:
             while (item := await out.get()) is not None:
+                if item is _SHUTDOWN:
+                    # Server draining: answer what this stream already sent, then end it.
+                    reader.cancel()
+                    while pending:
+                        await asyncio.wait(set(pending))
+                    while not out.empty():
+                        item = out.get_nowait()
+                        if isinstance(item, pb.ModelStreamInferResponse):
+                            yield item
+                    return
                 yield item
         finally:
+            self._streams.discard(out)
             reader.cancel()
             for task in list(pending):
                 task.cancel()
@@ -183,6 +204,10 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 
     def __init__(self, service: InferenceService) -> None:
         self._service = service
+        self._shutting_down = False
+
+    def begin_shutdown(self) -> None:
+        self._shutting_down = True
 
     def _status(self, name: str) -> health_pb2.HealthCheckResponse.ServingStatus | None:
         serving, not_serving = (health_pb2.HealthCheckResponse.SERVING,
@@ -206,6 +231,9 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         last: health_pb2.HealthCheckResponse.ServingStatus | None | str = "initial"
         while True:
+            if self._shutting_down:  # tell watchers, then let the server stop
+                yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
+                return
             status = self._status(request.service)
             if status != last:
                 yield health_pb2.HealthCheckResponse(
@@ -217,8 +245,9 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 
 def create_grpc_server(
     service: InferenceService, gate: ModelControlGate, max_message_bytes: int
-) -> aio.Server:
-    """A grpc.aio server with the v2 and health services (the caller binds and starts it)."""
+) -> tuple[aio.Server, Callable[[], None]]:
+    """A grpc.aio server with the v2 and health services (the caller binds and starts it),
+    and the function to call when draining begins (ends idle streams and health watches)."""
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -226,6 +255,12 @@ def create_grpc_server(
         ("grpc.so_reuseport", 0),
     ]
     server = aio.server(options=options)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, gate), server)
-    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(service), server)
-    return server
+    inference, health = InferenceServicer(service, gate), HealthServicer(service)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+
+    def begin_shutdown() -> None:
+        inference.begin_shutdown()
+        health.begin_shutdown()
+
+    return server, begin_shutdown

@@ -33,6 +33,8 @@ from serving.transport.errors import http_error_payload
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
+_MIN_COMPRESS_BYTES = 1024
+
 
 def _guarded(handler: Endpoint) -> Endpoint:
     """Map any exception of a handler through the error table to a JSON error response."""
@@ -153,7 +155,8 @@ class V2Handlers:
         else:
             media_type = "application/json"
         encoding = codec.pick_response_encoding(request.headers.get("accept-encoding"))
-        if encoding is not None:
+        # Tiny bodies grow when compressed; HTTP lets the server send them as they are.
+        if encoding is not None and len(payload) >= _MIN_COMPRESS_BYTES:
             payload = codec.compress(payload, encoding)
             headers["Content-Encoding"] = encoding
         return Response(payload, headers=headers, media_type=media_type)

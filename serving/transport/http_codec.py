@@ -162,7 +162,7 @@ def _array_from_json(data: Any, datatype: str, shape: tuple[int, ...], name: str
     return arr.reshape(shape)
 
 
-def _array_from_binary(chunk: bytes, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+def _array_from_binary(chunk: memoryview, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
     return datatypes.array_from_raw(chunk, datatype, shape, name)
 
 
@@ -196,7 +196,8 @@ def decode_infer_request(
                     f"input '{name}': binary_data_size {size} runs past the end of the body "
                     f"({len(binary_view) - offset} binary bytes left)"
                 )
-            data = _array_from_binary(bytes(binary_view[offset : offset + size]), datatype, shape, name)
+            # A view, not a copy: fixed-size tensors are read straight out of the body.
+            data = _array_from_binary(binary_view[offset : offset + size], datatype, shape, name)
             offset += size
         else:
             if "data" not in item:

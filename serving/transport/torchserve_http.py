@@ -13,9 +13,15 @@ import binascii
 import json
 import logging
 import re
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from grpc import aio
+from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,6 +34,7 @@ from serving.transport.errors import classify
 from serving.transport.http_app import read_body
 
 if TYPE_CHECKING:
+    from serving.archives.store import ModelStoreAccess
     from serving.core.service import InferenceService
     from serving.settings import Settings
     from serving.tasks.registry import TaskRegistry
@@ -232,3 +239,53 @@ def torchserve_routes(service: InferenceService, pipelines: TaskRegistry,
         Route("/api-description", _guard(h.api_description), methods=["GET"]),
         Route("/", _guard(h.api_description), methods=["OPTIONS"]),
     ]
+
+
+@dataclass
+class TorchServeParts:
+    """Everything of the TorchServe dialect, built once per server (see ``build_torchserve``)."""
+
+    pipelines: TaskRegistry
+    store: ModelStoreAccess
+    routes: list[BaseRoute]
+    management_app: Starlette
+    archive_models: list[str]
+    cache_dir: Path
+    settings: Settings
+
+    def grpc_hook(self, server: aio.Server) -> None:
+        """Adds InferenceAPIsService and ManagementAPIsService to the gRPC server."""
+        from serving.transport.torchserve_grpc import add_torchserve_services
+
+        add_torchserve_services(server, self.pipelines.service, self.pipelines, self.settings,
+                                self.store)
+
+    def close(self) -> None:
+        self.pipelines.close()
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+
+def build_torchserve(service: InferenceService, settings: Settings,
+                     add_model_dir: Callable[[str, Path], None]) -> TorchServeParts:
+    """The TorchServe dialect for one server; call before ``service.start()`` so the store's
+    ``.mar`` archives (materialised here, in a private temporary folder) load with the rest."""
+    from serving.archives.mar import ArchiveLimits, materialize_archives
+    from serving.archives.store import ModelStoreAccess
+    from serving.tasks.registry import TaskRegistry
+    from serving.transport.management_http import create_management_app
+
+    cache_dir = Path(tempfile.mkdtemp(prefix="capserve-mar-"))
+    limits = ArchiveLimits()
+    archives = []
+    for name, model_dir in materialize_archives(Path(settings.model_store), cache_dir, limits,
+                                                settings.allow_archive_code):
+        add_model_dir(name, model_dir)
+        archives.append(name)
+    pipelines = TaskRegistry(service, settings)
+    store = ModelStoreAccess(Path(settings.model_store), cache_dir, limits=limits,
+                             allow_archive_code=settings.allow_archive_code,
+                             add_model_dir=add_model_dir)
+    return TorchServeParts(
+        pipelines=pipelines, store=store, routes=torchserve_routes(service, pipelines, settings),
+        management_app=create_management_app(service, settings, store),
+        archive_models=archives, cache_dir=cache_dir, settings=settings)

@@ -1,7 +1,8 @@
 """deploy/e2e-compose.sh against a real Docker engine; skips with the reason when none is reachable.
 
 The script builds the CPU image, so the first run takes minutes (later runs reuse the layers).
-E2E_HOST_NETWORK=1 in the environment runs the stack on host networking.
+The script's environment passes through: E2E_HOST_NETWORK=1 runs the stack on host networking,
+CAPSERVE_BASE_IMAGE / CAPSERVE_WHEELHOUSE_ONLY / PROMETHEUS_IMAGE build and run it air-gapped.
 """
 
 from __future__ import annotations
@@ -43,3 +44,4 @@ def test_compose_stack_end_to_end() -> None:
     for model in ("lenet", "unet", "style_mosaic"):
         assert f"e2e-compose: {model} ->" in out, out[-4000:]
     assert "Prometheus counts" in out
+    assert "capserve container is healthy" in out

@@ -93,7 +93,7 @@ def start_server(
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
-    server = ServerProcess(proc, *ports, log_path=log_path)
+    server = ServerProcess(proc, ports[0], ports[1], ports[2], ports[3], log_path=log_path)
     route = "/v2/health/ready" if wait_ready else "/v2/health/live"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -8,6 +8,8 @@ refused, but only cleanly: 503 / UNAVAILABLE, or a connection that never answere
 
 from __future__ import annotations
 
+import json
+import queue
 import re
 import signal
 import threading
@@ -15,11 +17,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from serving.generated import health_pb2, health_pb2_grpc
 from tests.helpers.server import ServerProcess, start_server
 from tests.integration.conftest import SLOW_WIDTH
 
@@ -56,8 +60,8 @@ def _grpc_client(server: ServerProcess, stop: threading.Event, out: list[Outcome
 
 
 def _http_client(server: ServerProcess, stop: threading.Event, out: list[Outcome]) -> None:
-    header = ('{"inputs":[{"name":"x","datatype":"FP32","shape":[1,%d],'
-              '"parameters":{"binary_data_size":%d}}]}' % (SLOW_WIDTH, X.nbytes)).encode()
+    header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, SLOW_WIDTH],
+                                     "parameters": {"binary_data_size": X.nbytes}}]}).encode()
     headers = {"Inference-Header-Content-Length": str(len(header))}
     with httpx.Client(timeout=GRACE_S + 10) as c:
         while not stop.is_set():
@@ -117,12 +121,34 @@ def test_sigterm_drains_accepted_work(tiny_store: Path, tmp_path: Path) -> None:
     assert "drained: 0 requests still in flight" in log
 
 
-def test_sigint_idle_exits_zero_and_prints_listeners(tiny_store: Path, tmp_path: Path) -> None:
-    server = start_server(tiny_store, tmp_path, extra_args=["--shutdown-grace-seconds", "5"])
+def test_sigint_with_idle_stream_and_health_watch_exits_promptly(tiny_store: Path, tmp_path: Path) -> None:
+    """Open-but-idle gRPC streams (ModelStreamInfer, Health/Watch) must not hold the shutdown."""
+    server = start_server(tiny_store, tmp_path, extra_args=["--shutdown-grace-seconds", "15"])
     log_lines = server.log()
     assert f"capserve: HTTP listening on http://127.0.0.1:{server.http_port}" in log_lines
     assert f"capserve: gRPC listening on 127.0.0.1:{server.grpc_port}" in log_lines
     assert f"capserve: metrics listening on http://127.0.0.1:{server.metrics_port}" in log_lines
+    answers: queue.Queue[object] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put(error or result))
+    a = np.ones((1, 16), np.int32)
+    inputs = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+    for inp in inputs:
+        inp.set_data_from_numpy(a)
+    client.async_stream_infer("simple", inputs)
+    assert not isinstance(answers.get(timeout=30), InferenceServerException)
+    watched: list[int] = []
+    channel = grpc.insecure_channel(server.grpc_url)
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+    watcher = threading.Thread(target=lambda: watched.extend(r.status for r in watch), daemon=True)
+    watcher.start()
+    time.sleep(0.5)
     t0 = time.monotonic()
     assert server.stop(signal.SIGINT) == 0
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 5, server.log()
+    watcher.join(timeout=5)
+    assert watched[0] == health_pb2.HealthCheckResponse.SERVING
+    assert watched[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+    client.stop_stream()
+    client.close()
+    channel.close()

@@ -15,8 +15,7 @@ from tritonclient.utils import InferenceServerException
 from serving.generated import grpc_service_pb2 as pb
 from serving.generated import grpc_service_pb2_grpc as pb_grpc
 from tests.helpers.server import ServerProcess, start_server
-from tests.integration.conftest import SLOW_WIDTH
-from tests.integration.v2_clients import FLAVOURS, assert_error, make_client, make_input
+from tests.integration.conftest import FLAVOURS, SLOW_WIDTH, assert_error, make_client, make_input
 
 
 @pytest.fixture(params=FLAVOURS)

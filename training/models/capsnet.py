@@ -64,7 +64,8 @@ class DigitCaps(nn.Module):
         p, c, d_out, d_in = self.weight.shape
         # one (C*out x in) @ (in x N) product per primary capsule: P large, well-shaped matmuls
         votes = torch.matmul(self.weight.reshape(p, c * d_out, d_in), u.permute(1, 2, 0))
-        return votes.reshape(p, c, d_out, -1).permute(3, 1, 0, 2)
+        # one contiguous copy here saves a copy in every routing product below
+        return votes.reshape(p, c, d_out, -1).permute(3, 1, 0, 2).contiguous()
 
     def route(self, u_hat: Tensor) -> tuple[Tensor, Tensor]:
         """Dynamic routing over votes (N, C, P, out).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from torch import Tensor, nn
 from torchvision import models as tvm
 from torchvision.models.vgg import make_layers
@@ -102,7 +101,7 @@ def resnet50(num_classes: int = 1000, small_input: bool = False) -> nn.Module:
 def _small_stem(model: tvm.ResNet, small_input: bool) -> nn.Module:
     if small_input:
         model.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
-        model.maxpool = nn.Identity()  # type: ignore[assignment]
+        model.maxpool = nn.Identity()
     return model
 
 

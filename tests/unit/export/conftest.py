@@ -89,6 +89,24 @@ def make_checkpoint(ckpt_dir: Path) -> MakeCheckpoint:
     return make
 
 
+@pytest.fixture(scope="session")
+def exported(make_checkpoint: MakeCheckpoint, tmp_path_factory: pytest.TempPathFactory
+             ) -> Callable[[str], tuple[Any, Path]]:
+    """Export an architecture once per session (ONNX + TorchScript) -> (ExportResult, store)."""
+    from export.pipeline import ExportOptions, export_checkpoint
+
+    cache: dict[str, tuple[Any, Path]] = {}
+
+    def get(arch: str) -> tuple[Any, Path]:
+        if arch not in cache:
+            store = tmp_path_factory.mktemp(f"store-{arch}") / "model_store"
+            result = export_checkpoint(make_checkpoint(arch), arch, ExportOptions(store=store))
+            cache[arch] = (result, store)
+        return cache[arch]
+
+    return get
+
+
 def _snapshot(root: Path) -> dict[str, str]:
     if not root.exists():
         return {}

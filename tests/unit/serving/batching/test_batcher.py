@@ -81,6 +81,13 @@ def req(b: DynamicBatcher, value: float, n: int = 1, width: int = 3, **kw: Any) 
     return asyncio.ensure_future(b.submit({"x": x}, n, **kw))
 
 
+async def arrive(b: DynamicBatcher, value: float, **kw: Any) -> asyncio.Task[Any]:
+    """Submit and let the request reach the queue at the current (fake) time."""
+    task = req(b, value, **kw)
+    await settle()
+    return task
+
+
 async def busy(b: DynamicBatcher, model: Model) -> tuple[asyncio.Task[Any], threading.Event]:
     """Occupy the only instance with a held request."""
     gate = model.hold()
@@ -99,25 +106,71 @@ def test_lone_request_runs_at_once_without_waiting_for_the_delay() -> None:
     run(body)
 
 
-def test_requests_arriving_while_busy_wait_at_most_the_delay() -> None:
+GAP = 0.0001  # 100 us between arrivals
+
+
+def test_batch_keeps_filling_while_requests_arrive_but_the_delay_bounds_it() -> None:
     async def body() -> None:
-        b, model, clock = make(dyn())
+        b, model, clock = make(dyn(max_batch_size=64))
         first, gate = await busy(b, model)
-        second, third = req(b, 1.0), req(b, 2.0)
-        await settle()
+        clock.advance(GAP)
+        tasks = [await arrive(b, 0.0)]
+        clock.advance(GAP)
+        tasks.append(await arrive(b, 1.0))
         model.gate = None
         gate.set()
         await first
         await settle()
-        assert model.sizes == [1], "a small batch is held while the delay runs"
-        clock.advance(DELAY_US / 2 / 1e6)
+        assert model.sizes == [1], "a small batch is held while requests keep arriving"
+        for i in range(2, 40):
+            clock.advance(GAP)
+            if b.queued == 0:
+                break
+            tasks.append(await arrive(b, float(i)))
+        results = await asyncio.gather(*tasks)
+        # held from the head's arrival until the 2 ms delay (20 arrivals 0.1 ms apart; the
+        # float clock may let a 21st slip in at the boundary)
+        assert model.sizes[1] in (20, 21)
+        assert results[0].queue_s == pytest.approx(DELAY_US / 1e6, abs=1e-6)
+        np.testing.assert_array_equal(results[1].outputs["y"], np.full((1, 3), 2.0, np.float32))
+        await b.close()
+    run(body)
+
+
+def test_held_batch_goes_once_arrivals_pause() -> None:
+    async def body() -> None:
+        b, model, clock = make(dyn())
+        first, gate = await busy(b, model)
+        clock.advance(GAP)
+        tasks = [await arrive(b, 1.0)]
+        clock.advance(GAP)
+        tasks.append(await arrive(b, 2.0))
+        model.gate = None
+        gate.set()
+        await first
+        clock.advance(GAP)
         await settle()
         assert model.sizes == [1]
-        clock.advance(DELAY_US / 2 / 1e6)
-        r2, r3 = await second, await third
+        clock.advance(GAP)  # 2 gaps without an arrival: nothing more is coming
+        results = await asyncio.gather(*tasks)
         assert model.sizes == [1, 2]
-        assert r2.batch_size == 2 and r2.queue_s == pytest.approx(DELAY_US / 1e6)
-        np.testing.assert_array_equal(r3.outputs["y"], np.full((1, 3), 4.0, np.float32))
+        assert results[0].queue_s == pytest.approx(3 * GAP)
+        assert results[0].queue_s < DELAY_US / 1e6
+        await b.close()
+    run(body)
+
+
+def test_burst_that_arrived_during_a_run_goes_when_the_instance_frees() -> None:
+    async def body() -> None:
+        b, model, clock = make(dyn())
+        first, gate = await busy(b, model)
+        clock.advance(DELAY_US / 2 / 1e6)
+        tasks = [await arrive(b, float(i)) for i in range(5)]  # clients answered together
+        clock.advance(DELAY_US / 4 / 1e6)
+        model.gate = None
+        gate.set()
+        await asyncio.gather(first, *tasks)
+        assert model.sizes == [1, 5]
         await b.close()
     run(body)
 
@@ -164,7 +217,7 @@ def test_request_larger_than_max_batch_size_is_invalid() -> None:
 
 def test_full_queue_rejects_at_once_and_frees_up_after() -> None:
     async def body() -> None:
-        policy = dyn(default_queue_policy=QueuePolicy(max_queue_size=2))
+        policy = dyn(max_queue_delay_us=0, default_queue_policy=QueuePolicy(max_queue_size=2))
         b, model, _ = make(policy)
         first, gate = await busy(b, model)
         queued = [req(b, 1.0), req(b, 2.0)]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from serving.errors import InvalidInput, PayloadTooLarge
@@ -100,3 +102,23 @@ def test_resize_policies() -> None:
 def test_one_pixel_image_is_accepted_by_fixed_size_models() -> None:
     out = prepare(spec(), (DATA / "corpus" / "one_pixel.png").read_bytes(), LIMIT)
     np.testing.assert_allclose(out.tensor, (1.0 - 0.5) / 0.25)
+
+
+_SAMPLES = [(DATA / "images" / n).read_bytes() for n in
+            ("photo.png", "photo.jpg", "photo.bmp", "photo.webp", "photo.tiff", "palette.png")]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow notes corrupt TIFF tags
+@settings(max_examples=150, deadline=None)
+@given(sample=st.sampled_from(range(len(_SAMPLES))), cut=st.integers(0, 10_000),
+       flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), max_size=8))
+def test_corrupted_images_only_ever_raise_client_errors(sample: int, cut: int,
+                                                        flips: list[tuple[int, int]]) -> None:
+    data = bytearray(_SAMPLES[sample])
+    for pos, xor in flips:
+        data[pos % len(data)] ^= xor
+    data = data[: max(0, len(data) - cut % len(data))]
+    try:
+        prepare(spec(), bytes(data), 1_000_000)
+    except (InvalidInput, PayloadTooLarge) as exc:
+        assert str(exc)

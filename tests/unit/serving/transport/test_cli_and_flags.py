@@ -1,0 +1,38 @@
+"""`capserve` dispatch and `python -m serving` flags (flags override CAPSERVE_* env)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving.__main__ import parse_args
+from serving.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[4]
+
+
+def test_flags_override_env_and_unset_flags_keep_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPSERVE_HTTP_PORT", "9100")
+    monkeypatch.setenv("CAPSERVE_GRPC_PORT", "9101")
+    overrides = parse_args(["--http-port", "9200", "--enable-model-control"])
+    assert overrides == {"http_port": 9200, "enable_model_control": True}
+    settings = Settings(**overrides)
+    assert (settings.http_port, settings.grpc_port, settings.host) == (9200, 9101, "127.0.0.1")
+
+
+def test_cli_dispatches_to_the_package_in_a_new_process() -> None:
+    out = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--help"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and "--shutdown-grace-seconds" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "serving.cli", "frobnicate"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
+
+
+def test_missing_store_is_a_clear_error(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "serving", "--model-store", str(tmp_path / "nope")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 2 and "is not a directory" in out.stderr

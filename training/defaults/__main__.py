@@ -1,0 +1,64 @@
+"""``python -m training.defaults --out checkpoints``: train the default models, check their
+quality gates, print a summary table and write docs/models.md. Exit status 1 if a gate fails."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from training.defaults import DEFAULT_MODELS, copy_curves, names, train_default
+from training.defaults.report import write_report
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.defaults", description=__doc__)
+    p.add_argument("--out", default="checkpoints", help="checkpoint folder")
+    p.add_argument("--docs", default="docs", help="where models.md and img/models/ go")
+    p.add_argument("--only", nargs="*", default=None, help=f"subset of: {', '.join(names())}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true", help="two batches per phase, no report")
+    return p.parse_args(argv)
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    unknown = sorted(set(args.only or []) - set(names()))
+    if unknown:
+        print(f"error: unknown default model(s) {unknown}; choose from: {', '.join(names())}",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    chosen = [m for m in DEFAULT_MODELS if args.only is None or m.name in args.only]
+    results = {}
+    for model in chosen:
+        t0 = time.monotonic()
+        ckpt = train_default(model, out, args.seed, args.dry_run)
+        results[model.name] = (ckpt, time.monotonic() - t0)
+
+    print("\nmodel         gate                              value    result   time")
+    failed = []
+    for model in chosen:
+        ckpt, seconds = results[model.name]
+        value = ckpt["metrics"].get(model.gate_metric, float("nan"))
+        ok = model.passed(ckpt["metrics"])
+        if not ok:
+            failed.append(model.name)
+        op = ">=" if model.higher_is_better else "<="
+        gate = f"{model.gate_metric} {op} {model.gate}"
+        print(f"{model.name:13s} {gate:33s} {value:8.4f} {'PASS' if ok else 'FAIL':8s} {seconds:6.0f} s")
+    if not args.dry_run and args.only is None:
+        write_report(DEFAULT_MODELS, out, Path(args.docs))
+        copy_curves(out, Path(args.docs) / "img" / "models")
+        print(f"\nreport: {Path(args.docs) / 'models.md'}")
+    if failed:
+        print(f"quality gate FAILED for: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run())
