@@ -24,7 +24,7 @@ protos: venv
 	$(PYTHON) scripts/gen_protos.py
 
 lint: venv
-	$(VENV)/bin/ruff check training export serving bench tests scripts
+	$(VENV)/bin/ruff check training export serving bench tests scripts deploy
 	$(VENV)/bin/mypy training export serving
 
 test: venv system-deps lint

@@ -302,9 +302,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 runs += asyncio.run(through_capserve(store, served, batches, concurrency,
                                                      args.seconds, skipped, args.device))
-            except ImportError as exc:
+            except Exception as exc:  # e.g. generated protobuf code newer than protobuf here
+                logger.exception("capserve path for %s failed", arch)
                 skipped.append({"part": f"capserve {arch}",
-                                "reason": f"serving core not importable here: {exc}"})
+                                "reason": f"{type(exc).__name__}: {exc}"[:300]})
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     result["runs"] = [dataclasses.asdict(r) for r in runs]

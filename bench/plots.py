@@ -35,12 +35,15 @@ def plot_throughput(results: Results, model: str, path: Path) -> Path | None:
                      if _series_key(r.server, r.client, r.endpoint) == key)
         style = "-" if key.startswith("capserve") else "--"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=key)
+    styles = iter([":", "-.", (0, (1, 4)), (0, (5, 5))] * 4)
     for ceil in results.ceiling:
         if ceil.model == model and ceil.runtime == "onnxruntime":
-            ax.axhline(ceil.items_per_s, color="grey", linewidth=0.8, linestyle=":")
-            ax.annotate(f"in-process ORT b{ceil.batch}", (1, ceil.items_per_s), fontsize=7,
-                        color="grey", va="bottom")
+            ax.axhline(ceil.items_per_s, color="grey", linewidth=0.9, linestyle=next(styles),
+                       label=f"in-process ONNX Runtime, batch {ceil.batch}")
     ax.set_xscale("log", base=2)
+    ticks = sorted({r.concurrency for r in runs})
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
     ax.set_yscale("log")
     ax.set_xlabel("client concurrency")
     ax.set_ylabel("requests / s (ceiling: items / s)")

@@ -162,7 +162,21 @@ def make_task(spec: ArchSpec, args: argparse.Namespace, ds: datasets.ImageSet, m
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train ``args.arch``; returns the checkpoint dict (also written to ``--out``)."""
+    """Train ``args.arch``; returns the checkpoint dict (also written to ``--out``).
+
+    The process-wide torch settings it makes for determinism (threads, deterministic
+    algorithms) are restored on return, so in-process callers such as tests keep theirs.
+    """
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        return _train(args)
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
     spec = get_spec(args.arch)
     data_name = args.data or spec.default_data
     check_data(spec, args.arch, data_name)

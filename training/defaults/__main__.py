@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from training.checkpoint import load_checkpoint
 from training.defaults import DEFAULT_MODELS, copy_curves, names, train_default
 from training.defaults.report import write_report
 
@@ -20,6 +21,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="*", default=None, help=f"subset of: {', '.join(names())}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dry-run", action="store_true", help="two batches per phase, no report")
+    p.add_argument("--report-only", action="store_true",
+                   help="skip training: check the gates of the checkpoints in --out, write the report")
     return p.parse_args(argv)
 
 
@@ -36,6 +39,10 @@ def run(argv: list[str] | None = None) -> int:
     results = {}
     for model in chosen:
         t0 = time.monotonic()
+        if args.report_only:
+            ckpt = load_checkpoint(out / f"{model.name}.pt")
+            results[model.name] = (ckpt, float(ckpt["provenance"].get("train_seconds", 0.0)))
+            continue
         ckpt = train_default(model, out, args.seed, args.dry_run)
         results[model.name] = (ckpt, time.monotonic() - t0)
 
