@@ -123,7 +123,7 @@ def write_report(models: Sequence[DefaultModel], ckpt_dir: Path, docs: Path) -> 
         "are committed, so `make serve` only exports them. Training is seeded and runs on one "
         "CPU thread; on the same platform a rerun reproduces the weights bit for bit.",
         "",
-        "| model | architecture | parameters | data | gate | held-out value | train time |",
+        "| model | architecture | parameters | data | gate | held-out value | train time (wall) |",
         "|---|---|---|---|---|---|---|",
     ]
     sections: list[str] = []
@@ -172,6 +172,17 @@ NOTES = [
     "distance to the style of the stylised photo divided by that of the photo itself, for the "
     "worse of the two photos, measured with the same fixed random-feature loss network that "
     "trained the model.",
+    "",
+    "Train times are wall-clock seconds as recorded in each checkpoint's provenance; the "
+    "committed models were trained side by side on a shared, busy 2-core machine, so they "
+    "overstate the cost. From the measured per-step costs on one idle thread the four together "
+    "take about 13 CPU-minutes (LeNet ~0.3, CapsNet ~5, U-Net ~5, style ~3).",
+    "",
+    "Style transfer uses no pretrained network: its perceptual loss is a frozen, seeded, "
+    "random-weight multi-scale filter bank (six branches of 32 filters; `training/style_loss.py`), "
+    "the Gram-matrix style term weighted 100, the content term on the two full-resolution "
+    "small-kernel branches, and a small total-variation term. `--loss-net FILE` swaps in a local "
+    "VGG-16 state_dict.",
     "",
     "Train a single model with `python -m training ARCH` (`--help` lists the options); "
     "`--paper` selects the published network sizes (CapsNet's 8.2 M parameters).",

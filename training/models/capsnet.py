@@ -20,15 +20,16 @@ from torch import Tensor, nn
 EPS = 1e-7
 
 
-def squash(s: Tensor, dim: int = -1) -> Tensor:
+# (eps is a default argument rather than a global so that torch.jit.script accepts it)
+def squash(s: Tensor, dim: int = -1, eps: float = EPS) -> Tensor:
     """v = |s|^2 / (1 + |s|^2) * s / |s|: keeps the direction, maps the length into [0, 1)."""
     n2 = (s * s).sum(dim=dim, keepdim=True)
-    return s * (n2 / (1.0 + n2)) / torch.sqrt(n2.clamp_min(EPS))
+    return s * (n2 / (1.0 + n2)) / torch.sqrt(n2.clamp_min(eps))
 
 
-def capsule_length(v: Tensor) -> Tensor:
+def capsule_length(v: Tensor, eps: float = EPS) -> Tensor:
     """Euclidean length over the last axis, safe at zero."""
-    return torch.sqrt((v * v).sum(dim=-1).clamp_min(EPS))
+    return torch.sqrt((v * v).sum(dim=-1).clamp_min(eps))
 
 
 class PrimaryCaps(nn.Module):

@@ -72,3 +72,12 @@ def test_margin_loss_matches_the_paper() -> None:
     # true class 2: (0.9 - 0.5)^2 + 0.5 * (0.95 - 0.1)^2
     torch.testing.assert_close(margin_loss(lengths, torch.tensor([2])),
                                torch.tensor(0.16 + 0.5 * 0.85**2))
+
+
+def test_capsnet_scripts_to_the_same_outputs() -> None:
+    model = CapsNet(**TINY).eval()
+    scripted = torch.jit.script(model)
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        for a, b in zip(model(x), scripted(x), strict=True):
+            torch.testing.assert_close(a, b)
