@@ -32,7 +32,7 @@ test: venv system-deps lint
 
 # Train the default models from scratch (about 12 CPU-minutes), then export them.
 models: venv
-	$(PYTHON) -m training.defaults --out checkpoints
+	$(PYTHON) -m training.defaults --out checkpoints --jobs 2
 	$(MAKE) store STORE=$(STORE) FORCE=1
 
 # Export the committed default checkpoints into the model store when it is empty.

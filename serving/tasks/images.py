@@ -185,6 +185,22 @@ def prepare(spec: TaskSpec, data: bytes, max_pixels: int) -> Prepared:
                     fed_size=image.size)
 
 
+INLINE_MAX_BYTES = 16 * 1024
+INLINE_MAX_PIXELS = 128 * 128
+
+
+def is_small_image(data: bytes) -> bool:
+    """True when ``data`` is a small image by its header (cheap enough to decode anywhere)."""
+    if len(data) > INLINE_MAX_BYTES:
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            width, height = image.size
+    except Exception:  # the real decode reports what is wrong, off the loop
+        return False
+    return width * height <= INLINE_MAX_PIXELS
+
+
 def encode_image(array_hwc: np.ndarray, fmt: str, quality: int = 95) -> bytes:
     """Encode a uint8 HWC (or HW) array as PNG or JPEG."""
     image = Image.fromarray(array_hwc)

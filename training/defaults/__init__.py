@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,16 @@ def train_default(model: DefaultModel, out_dir: Path, seed: int = 0, dry_run: bo
         argv.append("--dry-run")
     log.info("training %s: python -m training %s", model.name, " ".join(argv))
     return main(get_args_parser().parse_args(argv))
+
+
+def train_timed(model: DefaultModel, out_dir: Path, seed: int = 0, dry_run: bool = False
+                ) -> tuple[dict[str, Any], float]:
+    """:func:`train_default` plus its wall time; importable, so a spawned worker can run it."""
+    if not logging.getLogger().handlers:  # a fresh worker process
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    t0 = time.monotonic()
+    ckpt = train_default(model, out_dir, seed, dry_run)
+    return ckpt, time.monotonic() - t0
 
 
 def copy_curves(out_dir: Path, img_dir: Path) -> None:

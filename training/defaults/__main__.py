@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import sys
-import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from training.checkpoint import load_checkpoint
-from training.defaults import DEFAULT_MODELS, copy_curves, names, train_default
+from training.defaults import DEFAULT_MODELS, copy_curves, names, train_timed
 from training.defaults.report import write_report
 
 
@@ -21,6 +22,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="*", default=None, help=f"subset of: {', '.join(names())}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dry-run", action="store_true", help="two batches per phase, no report")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train this many models at once, one process and one thread each "
+                        "(the weights do not depend on it; progress bars interleave)")
     p.add_argument("--report-only", action="store_true",
                    help="skip training: check the gates of the checkpoints in --out, write the report")
     return p.parse_args(argv)
@@ -37,14 +41,17 @@ def run(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     chosen = [m for m in DEFAULT_MODELS if args.only is None or m.name in args.only]
     results = {}
-    for model in chosen:
-        t0 = time.monotonic()
-        if args.report_only:
+    if args.report_only:
+        for model in chosen:
             ckpt = load_checkpoint(out / f"{model.name}.pt")
             results[model.name] = (ckpt, float(ckpt["provenance"].get("train_seconds", 0.0)))
-            continue
-        ckpt = train_default(model, out, args.seed, args.dry_run)
-        results[model.name] = (ckpt, time.monotonic() - t0)
+    elif args.jobs > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+            futures = {m.name: pool.submit(train_timed, m, out, args.seed, args.dry_run) for m in chosen}
+            results = {name: f.result() for name, f in futures.items()}
+    else:
+        results = {m.name: train_timed(m, out, args.seed, args.dry_run) for m in chosen}
 
     print("\nmodel         gate                              value    result   time")
     failed = []
