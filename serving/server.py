@@ -49,6 +49,7 @@ class _HttpListener:
         config = uvicorn.Config(
             app, host=host, port=port, http="httptools", loop="none", lifespan="off",
             log_config=None, access_log=False, timeout_graceful_shutdown=math.ceil(grace_s),
+            proxy_headers=False,
             server_header=False,
         )
         self.server = uvicorn.Server(config)

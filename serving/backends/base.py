@@ -47,6 +47,14 @@ class BackendSpec:
         except ValueError:
             raise ValueError(f"config parameter '{key}' must be an integer, got {value!r}") from None
 
+    def bool_parameter(self, key: str) -> bool:
+        value = (self.parameter(key) or "").strip().lower()
+        if value in ("", "0", "false", "no", "off"):
+            return False
+        if value in ("1", "true", "yes", "on"):
+            return True
+        raise ValueError(f"config parameter '{key}' must be true or false, got {value!r}")
+
     def intra_op_threads(self) -> int:
         """Config ``intra_op_thread_count``, else the cores shared evenly by the instances."""
         configured = self.int_parameter("intra_op_thread_count")

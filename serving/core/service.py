@@ -159,11 +159,19 @@ class InferenceService:
 
     def model_config(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
         config = model_config_pb2.ModelConfig()
+        config.CopyFrom(self.model_config_view(name, version))
+        return config
+
+    def model_config_view(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
+        """The repository's own config message, not a copy: callers must not change it.
+
+        A reload replaces the message, so its identity tells a per-request cache (the task
+        pipelines') that the config changed, without copying a protobuf on every request.
+        """
         try:
-            config.CopyFrom(self._repo.config_of(name, version))
+            return self._repo.config_of(name, version)
         except (ValueError, OSError) as exc:
             raise ModelLoadFailed(f"model '{name}' has no valid config: {exc}") from None
-        return config
 
     def model_statistics(self, name: str = "", version: str = "") -> list[ModelStats]:
         if version and not name:
@@ -263,7 +271,7 @@ class InferenceService:
         self._repo.set_default_version(name, version)
 
     def model_parameters(self, name: str, version: str = "") -> dict[str, str]:
-        config = self.model_config(name, version)
+        config = self.model_config_view(name, version)
         return {k: v.string_value for k, v in config.parameters.items()}
 
     def model_labels(self, name: str, version: str = "") -> list[str]:

@@ -31,6 +31,7 @@ from serving.tasks.spec import TaskSpec
 
 if TYPE_CHECKING:
     from serving.core.service import InferenceService
+    from serving.generated.model_config_pb2 import ModelConfig
     from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class TaskRegistry:
         # operator allows larger images, so our header check stays the one that decides.
         if self._max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
             Image.MAX_IMAGE_PIXELS = self._max_pixels
+        # (model, version) -> (the config message it was built from, the pipeline entry)
+        self._models: dict[tuple[str, str], tuple[ModelConfig, _Model]] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(settings.image_workers)),
                                         thread_name_prefix="capserve-image")
 
@@ -74,9 +77,17 @@ class TaskRegistry:
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
 
     def _model(self, name: str, version: str) -> _Model:
-        params = self.service.model_parameters(name, version)  # ModelNotFound for unknown
+        config = self.service.model_config_view(name, version)  # ModelNotFound for unknown
+        cached = self._models.get((name, version))
+        if cached is not None and cached[0] is config:
+            return cached[1]
+        model = self._build_model(name, version, config)
+        self._models[(name, version)] = (config, model)
+        return model
+
+    def _build_model(self, name: str, version: str, config: ModelConfig) -> _Model:
+        params = {k: v.string_value for k, v in config.parameters.items()}
         spec = TaskSpec.from_parameters(name, params)
-        config = self.service.model_config(name, version)
         if not config.input:
             raise InvalidInput(f"model '{name}' declares no input")
         return _Model(spec=spec, labels=list(self.service.model_labels(name, version)),
