@@ -15,8 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import pytest
 import yaml
 
 from tests.helpers.ports import free_port
+from tests.helpers.server import http_status
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "docker-compose.yml"
@@ -216,16 +215,6 @@ def test_compose_server_command_is_accepted_by_the_parser(compose_bin: str) -> N
         assert parsed["model_store"] == "/models" and parsed["host"] in {"0.0.0.0", "127.0.0.1"}
 
 
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return 0
-
-
 def test_compose_server_command_serves(compose_bin: str, default_store: Path,
                                        tmp_path: Path) -> None:
     """Run the compose command and environment; the healthcheck it declares must pass."""
@@ -244,7 +233,7 @@ def test_compose_server_command_serves(compose_bin: str, default_store: Path,
     http = env["CAPSERVE_HTTP_PORT"]
     try:
         deadline = time.monotonic() + 180
-        while _status(f"http://127.0.0.1:{http}/v2/health/ready") != 200:
+        while http_status(f"http://127.0.0.1:{http}/v2/health/ready") != 200:
             assert proc.poll() is None, log_path.read_text(errors="replace")
             assert time.monotonic() < deadline, "not ready:\n" + log_path.read_text(errors="replace")
             time.sleep(0.3)
@@ -252,7 +241,7 @@ def test_compose_server_command_serves(compose_bin: str, default_store: Path,
         for kind, key in (("HTTP", "CAPSERVE_HTTP_PORT"), ("gRPC", "CAPSERVE_GRPC_PORT"),
                           ("metrics", "CAPSERVE_METRICS_PORT")):
             assert f"127.0.0.1:{env[key]}" in out, f"no {kind} listener on {env[key]}:\n{out}"
-        assert _status(f"http://127.0.0.1:{env['CAPSERVE_METRICS_PORT']}/metrics") == 200
+        assert http_status(f"http://127.0.0.1:{env['CAPSERVE_METRICS_PORT']}/metrics") == 200
 
         # The compose healthcheck, run as written (only the port moved).
         kind, *check = svc["healthcheck"]["test"]

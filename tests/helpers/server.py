@@ -60,7 +60,8 @@ class ServerProcess:
         return int(self.proc.returncode)
 
 
-def _get_status(url: str) -> int:
+def http_status(url: str) -> int:
+    """The status code of a GET (0 when nothing answers)."""
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return int(resp.status)
@@ -99,7 +100,7 @@ def start_server(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
-        if _get_status(server.base + route) == 200:
+        if http_status(server.base + route) == 200:
             return server
         time.sleep(0.2)
     server.stop(signal.SIGKILL)

@@ -182,3 +182,17 @@ def assert_error(exc: pytest.ExceptionInfo[InferenceServerException], flavour: s
         assert status == f"StatusCode.{GRPC_CODE[http_status]}", (status, exc.value.message())
     if match:
         assert match in (exc.value.message() or ""), exc.value.message()
+
+
+# Every v2 conformance test runs once per tritonclient flavour (grpc, http).
+
+@pytest.fixture(params=FLAVOURS)
+def flavour(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def client(flavour: str, v2_server: ServerProcess) -> Any:
+    c = make_client(flavour, v2_server)
+    yield c
+    c.close()

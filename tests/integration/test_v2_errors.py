@@ -15,19 +15,7 @@ from tritonclient.utils import InferenceServerException
 from serving.generated import grpc_service_pb2 as pb
 from serving.generated import grpc_service_pb2_grpc as pb_grpc
 from tests.helpers.server import ServerProcess, start_server
-from tests.integration.conftest import FLAVOURS, SLOW_WIDTH, assert_error, make_client, make_input
-
-
-@pytest.fixture(params=FLAVOURS)
-def flavour(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def client(flavour: str, v2_server: ServerProcess) -> Any:
-    c = make_client(flavour, v2_server)
-    yield c
-    c.close()
+from tests.integration.conftest import SLOW_WIDTH, assert_error, make_client, make_input
 
 
 def _simple_inputs(flavour: str, a: np.ndarray, b: np.ndarray | None = None, dtype: str = "INT32") -> list[Any]:

@@ -18,19 +18,7 @@ import tritonclient.grpc as grpcclient
 from serving.generated import grpc_service_pb2 as pb
 from serving.generated import grpc_service_pb2_grpc as pb_grpc
 from tests.helpers.server import ServerProcess
-from tests.integration.conftest import FLAVOURS, make_client, make_input, make_output
-
-
-@pytest.fixture(params=FLAVOURS)
-def flavour(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def client(flavour: str, v2_server: ServerProcess) -> Any:
-    c = make_client(flavour, v2_server)
-    yield c
-    c.close()
+from tests.integration.conftest import make_client, make_input, make_output
 
 
 def test_health_and_readiness(client: Any) -> None:
