@@ -53,6 +53,9 @@ ERROR_TABLE: dict[ErrorCode, ErrorMapping] = {
 def classify(exc: BaseException) -> tuple[ErrorMapping, str]:
     """The mapping and the client-facing message for any exception (logs unexpected ones)."""
     if isinstance(exc, ServingError):
+        # Overload refusals (queue full, timeouts) come in floods: keep them out of INFO logs.
+        level = logging.DEBUG if exc.code is ErrorCode.UNAVAILABLE else logging.INFO
+        logger.log(level, "request failed (%s): %s", exc.code.value, exc.message)
         return ERROR_TABLE[exc.code], exc.message
     logger.error("unexpected error while serving a request", exc_info=exc)
     return ERROR_TABLE[ErrorCode.INTERNAL], GENERIC_INTERNAL_MESSAGE

@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from serving.errors import InvalidInput, ServingError
+from serving.logs import new_request_id, request_id_var
 from serving.tasks.options import TaskOptions
 from serving.tasks.registry import TaskResult
 from serving.transport.errors import classify
@@ -187,6 +188,7 @@ def _instance(item: Any, index: int) -> bytes:
 
 def _guard(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
+        request_id_var.set(request.headers.get("x-request-id") or new_request_id())
         try:
             return await fn(request)
         except ServingError as exc:
