@@ -87,11 +87,35 @@ COPY export ./export
 # pyproject.toml; point it at the image's venv and mark that venv as installed.
 RUN ln -s /opt/venv /app/.venv \
     && touch /opt/venv/.installed-stamp \
-    && mkdir -p /app/checkpoints \
-    && chown -R capserve:capserve /app/checkpoints /opt/venv/.installed-stamp
+    && mkdir -p /app/checkpoints /app/docs/img/models \
+    && chown -R capserve:capserve /app/checkpoints /app/docs /opt/venv/.installed-stamp
 USER 10001:10001
 VOLUME ["/models"]
 CMD ["make", "models", "STORE=/models"]
+
+# ---- torchserve (profile torchserve): real TorchServe 0.12 on the same .mar archives -------
+# The archives' handler shim imports serving.torchserve_handler, so TorchServe runs in this
+# image's venv, where capserve is installed (the stock TorchServe image lacks it).
+FROM app AS torchserve
+# The JRE comes from the base image's release, as above (DL3008).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+    && rm -rf /var/lib/apt/lists/*
+# Same wheelhouse/index options as the build stage; the pip cache is a build cache mount
+# (DL3042) and $opts is a list of arguments (SC2086). Every package is pinned; DL3013 reads the
+# unquoted $opts as an unpinned package name.
+# hadolint ignore=DL3013,DL3042,SC2086
+RUN --mount=type=bind,source=.,target=/ctx \
+    --mount=type=cache,target=/root/.cache/pip \
+    set -eu; \
+    opts=""; \
+    if [ -d /ctx/wheelhouse ]; then opts="$opts --find-links /ctx/wheelhouse"; fi; \
+    pip install $opts torchserve==0.12.0 torch-model-archiver==0.12.0 pyyaml==6.0.2
+USER 10001:10001
+WORKDIR /home/capserve
+EXPOSE 8080 8081 8082 7070
+ENTRYPOINT ["torchserve"]
 
 # ---- runtime (default target): the server ------------------------------------------------
 FROM app AS runtime

@@ -138,16 +138,26 @@ def served_models(src: Source, name: str, decoder_model: str) -> list[ServedMode
     """
     provenance = {"arch": src.arch, "source_checkpoint": src.path.name, "source_sha256": src.sha256}
     is_caps = src.task == "capsule_classification"
-    spec = model_spec(src.task, src.labels, src.input, provenance, decoder_model if is_caps else "")
     inp = src.input
     example = torch.randn(2, inp.channels, inp.height, inp.width, generator=torch.Generator().manual_seed(0))
     main_module: nn.Module = CapsuleOutputs(src.module).eval() if is_caps else src.module
+    caps_dims = _capsule_dims(main_module, example) if is_caps else None
+    spec = model_spec(src.task, src.labels, src.input, provenance,
+                      decoder_model if is_caps else "", caps_dims)
     models = [ServedModel(name, spec, main_module, example, inp.fully_convolutional, src.arch)]
     if is_caps:
         if not callable(getattr(src.module, "decode", None)):
             raise InvalidInput(f"capsule architecture {src.arch!r} has no decode(poses) method")
-        dec_spec = decoder_spec(len(src.labels), inp, provenance)
+        dec_spec = decoder_spec(len(src.labels), inp, provenance, caps_dims)
         poses = torch.randn(2, *dec_spec.inputs[0].dims, generator=torch.Generator().manual_seed(1))
         models.append(ServedModel(f"{name}_decoder", dec_spec, CapsuleDecoder(src.module).eval(), poses,
                                   False, src.arch, role="decoder"))
     return models
+
+
+def _capsule_dims(module: nn.Module, example: torch.Tensor) -> tuple[int, tuple[int, ...]]:
+    """Pose length and reconstruction shape as the model really produces them (a model's
+    ``pose_dim`` and decoder channels are settings, so the config is measured, not assumed)."""
+    with torch.no_grad():
+        _, poses, recon = module(example)
+    return int(poses.shape[-1]), tuple(int(d) for d in recon.shape[1:])

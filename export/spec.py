@@ -105,7 +105,7 @@ def _floats(values: tuple[float, ...]) -> str:
 
 def model_spec(
     task: str, labels: list[str], inp: InputSpec, provenance: dict[str, str],
-    decoder_model: str = "",
+    decoder_model: str = "", capsule_dims: tuple[int, tuple[int, ...]] | None = None,
 ) -> ModelSpec:
     """The served description of a checkpoint's main model."""
     if task not in TASKS:
@@ -135,10 +135,11 @@ def model_spec(
         outputs = (TensorSpec("image", (3, -1, -1) if fc else (3, inp.height, inp.width)),)
         params.update(resize="none" if fc else "exact", output_semantics="image_0_1")
     else:
+        pose_dim, recon = capsule_dims or (POSE_DIM, (1, inp.height, inp.width))
         outputs = (
             TensorSpec("lengths", (n,), label_filename="labels.txt"),
-            TensorSpec("poses", (n, POSE_DIM)),
-            TensorSpec("reconstruction", (inp.channels, inp.height, inp.width)),
+            TensorSpec("poses", (n, pose_dim)),
+            TensorSpec("reconstruction", recon),
         )
         params.update(resize="exact", output_semantics="capsule_lengths")
         if decoder_model:
@@ -149,7 +150,8 @@ def model_spec(
     return ModelSpec(task, (image_in,), outputs, params, tuple(labels))
 
 
-def decoder_spec(num_classes: int, inp: InputSpec, provenance: dict[str, str]) -> ModelSpec:
+def decoder_spec(num_classes: int, inp: InputSpec, provenance: dict[str, str],
+                 capsule_dims: tuple[int, tuple[int, ...]] | None = None) -> ModelSpec:
     """A capsule model's decoder: masked poses -> reconstruction, for explanations."""
     params = {
         "task": DECODER_TASK,
@@ -159,9 +161,10 @@ def decoder_spec(num_classes: int, inp: InputSpec, provenance: dict[str, str]) -
         "output_semantics": "image_0_1",
         **provenance,
     }
+    pose_dim, recon = capsule_dims or (POSE_DIM, (1, inp.height, inp.width))
     return ModelSpec(
         DECODER_TASK,
-        (TensorSpec("poses", (num_classes, POSE_DIM)),),
-        (TensorSpec("reconstruction", (inp.channels, inp.height, inp.width)),),
+        (TensorSpec("poses", (num_classes, pose_dim)),),
+        (TensorSpec("reconstruction", recon),),
         params,
     )

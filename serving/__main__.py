@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(**overrides)
         settings.api_token()  # refuse a readable token file before anything starts
+        if settings.enable_model_control and settings.api_token_file is None:
+            raise ValueError("--enable-model-control needs --api-token-file (a 0600 file "
+                             "holding the bearer token that load/unload/register must present)")
     except ValueError as exc:
         print(f"capserve: invalid settings: {exc}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import uvicorn
 from grpc import aio
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
@@ -120,6 +120,7 @@ class Server:
         service: InferenceService,
         registry: CollectorRegistry,
         extensions: Extensions,
+        exposition: Callable[[], bytes] | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -127,13 +128,14 @@ class Server:
         self.listeners: list[Listener] = []
         gate = ModelControlGate(settings.enable_model_control, settings.api_token())
         if settings.enable_model_control and settings.api_token_file is None:
+            # `python -m serving` refuses this; an embedding caller gets the warning.
             logger.warning("model control is enabled without --api-token-file: anyone who can "
                            "reach the server can load and unload models")
         grace = settings.shutdown_grace_seconds
         http_app = create_http_app(service, settings, extensions.http_routes, gate=gate)
         self._http = _HttpListener("HTTP", http_app, settings.host, settings.http_port, grace)
         self._metrics = _HttpListener(
-            "metrics", create_metrics_app(registry), settings.host, settings.metrics_port, grace
+            "metrics", create_metrics_app(exposition or (lambda: generate_latest(registry))), settings.host, settings.metrics_port, grace
         )
         self._management = (
             _HttpListener("management", extensions.management_app, settings.management_host,
@@ -220,4 +222,4 @@ def build_server(settings: Settings, extensions: Extensions | None = None) -> Se
     service = InferenceService(repository, metrics, server_version=SERVER_VERSION)
     if extensions is None:
         extensions = default_extensions(service, settings, repository)
-    return Server(settings, service, registry, extensions)
+    return Server(settings, service, registry, extensions, exposition=metrics.exposition)

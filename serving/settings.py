@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     """Lowest level that is logged."""
     allow_archive_code: bool = False
-    """UNSAFE: run Python handler code shipped inside ``.mar`` archives."""
+    """UNSAFE: accept ``.mar`` archives whose handler is custom Python. They are served with the
+    built-in pipeline of their ``capserve_task.json``; the archive's code itself is never run."""
     image_workers: int = Field(default_factory=_default_image_workers, ge=1)
     """Threads that decode and resize images for the image endpoints."""
 

@@ -16,6 +16,8 @@ import logging
 import os
 import re
 import shutil
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,8 @@ def materialize_all(store: Path, cache_dir: Path, limits: ArchiveLimits,
             found.append((name, materialize(mar, cache_dir, limits, allow_archive_code, name)))
         except ServingError as exc:
             log.error("archive %s is not served: %s", mar.name, exc)
+        except Exception:  # one bad archive never stops the rest of the store from serving
+            log.exception("archive %s is not served", mar.name)
     return found
 
 
@@ -68,8 +72,17 @@ def materialize(mar: Path, cache_dir: Path, limits: ArchiveLimits | None = None,
     try:
         extracted = tmp / "extracted"
         extracted.mkdir()
-        manifest = safe_extract(mar, extracted, limits)
-        _build(name, manifest, extracted, tmp / name, allow_archive_code, mar.name)
+        try:
+            manifest = safe_extract(mar, extracted, limits)
+            _build(name, manifest, extracted, tmp / name, allow_archive_code, mar.name)
+        except ArchiveError:
+            raise
+        except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+                NotImplementedError, RuntimeError, zipfile.BadZipFile, zlib.error) as exc:
+            # Hostile or broken archives (duplicate members, bad CRCs, odd JSON) must be
+            # refused with a reason, never take the server down.
+            raise ArchiveError(f"{mar.name}: unreadable archive ({type(exc).__name__}: {exc})"
+                               ) from None
         shutil.rmtree(extracted)
         try:
             os.replace(tmp, root)
@@ -115,7 +128,7 @@ def _build(name: str, manifest: Manifest, src: Path, model_dir: Path, allow_code
         raise ArchiveError(f"{archive}: no {TASK_FILE}, so capserve cannot tell the model's "
                            "task, inputs and outputs")
     serialized = manifest.serialized_file or "model.pt"
-    source = src / serialized
+    source = _member_path(src, serialized, archive)
     if not source.is_file():
         raise ArchiveError(f"{archive}: serializedFile '{serialized}' is not in the archive")
     onnx = serialized.endswith(".onnx")
@@ -123,13 +136,23 @@ def _build(name: str, manifest: Manifest, src: Path, model_dir: Path, allow_code
     (model_dir / version).mkdir(parents=True)
     artifact = "model.onnx" if onnx else "model.pt"
     shutil.move(str(source), model_dir / version / artifact)
-    side = src / (serialized + ".data")
+    side = _member_path(src, serialized + ".data", archive)
     if onnx and side.is_file():
         shutil.move(str(side), model_dir / version / "model.onnx.data")
     if labels:
         (model_dir / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
     platform = "onnxruntime_onnx" if onnx else "pytorch_libtorch"
     (model_dir / "config.pbtxt").write_text(config_text(name, platform, task, bool(labels)))
+
+
+def _member_path(src: Path, name: str, archive: str) -> Path:
+    """``name`` from the manifest as a path that stays inside the extracted archive."""
+    root = src.resolve()
+    path = (src / name).resolve()
+    if Path(name).is_absolute() or not path.is_relative_to(root) or path == root:
+        raise ArchiveError(f"{archive}: manifest names '{name}', which is not a member of "
+                           "the archive")
+    return path
 
 
 def _labels(src: Path) -> list[str]:
@@ -165,17 +188,25 @@ def _torchserve_default(task: str, num_labels: int) -> dict[str, Any]:
             "outputs": [{"name": "out", "data_type": "TYPE_FP32", "dims": [-1, -1, -1]}]}
 
 
+_DTYPES = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+           "FP16", "FP32", "FP64", "STRING", "BF16"}
+_FORMATS = {"FORMAT_NONE", "FORMAT_NHWC", "FORMAT_NCHW"}
+
+
 def _dtype(value: Any) -> str:
-    text = str(value or "FP32").upper()
-    if text.startswith("TYPE_"):
-        return text
-    return "TYPE_STRING" if text == "BYTES" else f"TYPE_{text}"
+    text = str(value or "FP32").upper().removeprefix("TYPE_")
+    text = "STRING" if text == "BYTES" else text
+    if text not in _DTYPES:  # never paste archive text into config.pbtxt unchecked
+        raise ArchiveError(f"{TASK_FILE}: unknown data type {value!r}")
+    return f"TYPE_{text}"
 
 
 def _tensor(kind: str, spec: dict[str, Any], label_file: bool) -> str:
     dims = ", ".join(str(int(d)) for d in spec.get("dims", spec.get("shape", [])))
     extra = ' label_filename: "labels.txt"' if label_file else ""
-    if str(spec.get("format", "")).startswith("FORMAT_"):
+    if spec.get("format"):
+        if spec["format"] not in _FORMATS:
+            raise ArchiveError(f"{TASK_FILE}: unknown tensor format {spec['format']!r}")
         extra = f' format: {spec["format"]}' + extra
     return (f'{kind} {{ name: {json.dumps(str(spec["name"]))} data_type: '
             f'{_dtype(spec.get("data_type", spec.get("datatype")))} dims: [{dims}]{extra} }}')

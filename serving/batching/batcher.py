@@ -25,7 +25,8 @@ fires, so the delay bounds the extra wait of any request once an executor is fre
 Guarantees: every accepted request gets exactly one answer (its future is always resolved);
 scheduling is event driven (arrival, completion, timer) and every step is guarded so no exception
 stops it; a caller that goes away frees its queue slot and is not run if still queued; backend
-work runs in executor threads, never on the event loop; stacking and splitting are numpy calls;
+work runs in executor threads, except CPU batches measured faster than the thread hand-off itself
+(``inline_below_s``; see ``docs/batching.md``), which run on the event loop; stacking and splitting are numpy calls;
 after a run every output's dim 0 must equal the batch size, else every request of that batch fails
 with ``BackendError``.
 """
@@ -280,8 +281,11 @@ class DynamicBatcher:
         total = 0
         preferred_cut = 0
         for p in queued:
-            if p.shape_key != head.shape_key or total + p.batch_size > limit:
-                continue
+            if p.shape_key != head.shape_key:
+                continue  # other shapes keep their place for a later batch
+            if total + p.batch_size > limit:
+                break  # as Triton: never let a later, smaller request jump ahead of this one
+
             chosen.append(p)
             total += p.batch_size
             if total in policy.preferred_batch_sizes:

@@ -86,6 +86,7 @@ class InferenceService:
         self._version = server_version
         self._stats: dict[tuple[str, str], StatsRecorder] = {}
         self._draining = False
+        self._started = False  # readiness waits for the first full load of the store
         self._closed = False
         self._inflight = 0
         self._quiet = asyncio.Event()
@@ -104,6 +105,7 @@ class InferenceService:
         for name in self._repo.scan():
             with contextlib.suppress(ModelLoadFailed):
                 await self.load_model(name)
+        self._started = True
 
     def begin_drain(self) -> None:
         self._draining = True
@@ -131,7 +133,7 @@ class InferenceService:
         return not self._closed
 
     def server_ready(self) -> bool:
-        if self._draining or self._closed:
+        if self._draining or self._closed or not self._started:
             return False
         return all(e.load_error is None and e.versions for e in self._repo.entries() if e.wanted)
 

@@ -222,7 +222,7 @@ class V2Handlers:
 
 
 def _model_path(request: Request) -> tuple[str, str]:
-    return request.path_params["model"], request.path_params.get("version", "")
+    return request.path_params.get("model", ""), request.path_params.get("version", "")
 
 
 def v2_routes(handlers: V2Handlers) -> list[BaseRoute]:

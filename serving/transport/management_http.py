@@ -8,6 +8,7 @@ escaping ``url`` is refused with 400 and never fetched). Register/unregister als
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from typing import TYPE_CHECKING, Any
@@ -96,7 +97,8 @@ class ManagementOps:
         self._control()
         if not 0 <= initial_workers <= 64:
             raise InvalidInput(f"initial_workers must be between 0 and 64, got {initial_workers}")
-        name = self.store.register(url, model_name)
+        # Hashing and extracting an archive can take seconds: keep it off the serving loop.
+        name = await asyncio.to_thread(self.store.register, url, model_name)
         await self.service.load_model(name)
         if initial_workers:
             await self.service.scale_model(name, "", initial_workers)
@@ -118,7 +120,12 @@ class ManagementOps:
 
     async def unregister(self, name: str, version: str) -> dict[str, Any]:
         self._control()
-        self.service.describe_model(name, model_version(version))  # 404 for unknown
+        version = model_version(version)
+        described = self.service.describe_model(name, version)  # 404 for unknown
+        if version and len(self.service.describe_model(name)) > len(described):
+            # Versions load and unload together (the model's version policy picks them).
+            raise InvalidInput(f"model '{name}' serves several versions; unregister the model "
+                               f"(DELETE /models/{name}) or change its version_policy")
         await self.service.unload_model(name)
         return {"status": f'Model "{name}" unregistered'}
 

@@ -259,8 +259,16 @@ class TorchServeParts:
         """Adds InferenceAPIsService and ManagementAPIsService to the gRPC server."""
         from serving.transport.torchserve_grpc import add_torchserve_services
 
+        # The management service shares the inference gRPC port, which may face the network
+        # (--host); without a token it is only offered while that port stays on loopback.
+        host = self.settings.host
+        local = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+        management = local or self.settings.api_token_file is not None
+        if not management:
+            log.warning("TorchServe gRPC management service is off: --host %s is not loopback "
+                        "and no --api-token-file is set", host)
         add_torchserve_services(server, self.pipelines.service, self.pipelines, self.settings,
-                                self.store)
+                                self.store if management else None)
 
     def close(self) -> None:
         self.pipelines.close()

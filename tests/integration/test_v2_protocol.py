@@ -218,3 +218,11 @@ def test_unknown_route_and_error_body(v2_server: ServerProcess) -> None:
     assert r.status_code == 404 and "error" in r.json()
     r = httpx.post(v2_server.base + "/v2/models/simple/infer", content=b"{not json")
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+
+
+def test_statistics_of_every_model(flavour: str, client: Any) -> None:
+    doc = client.get_inference_statistics(as_json=True) if flavour == "grpc" \
+        else client.get_inference_statistics()
+    names = {s["name"] for s in doc["model_stats"]}
+    assert {"simple", "strings"} <= names
+    assert all(s["version"].isdigit() for s in doc["model_stats"])

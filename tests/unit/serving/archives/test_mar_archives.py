@@ -146,3 +146,48 @@ def test_torchserve_handler_matches_the_pipeline(tmp_path: Path) -> None:
     assert context.get_response_headers(0)["content-type"] == "application/json"
     assert len(json.loads(answers[2])) == 3
     Image.open(io.BytesIO(digit))  # the sample itself is a valid image
+
+
+def _rewrite(src: Path, dest: Path, manifest_model: dict[str, object] | None = None,
+             extra: dict[str, bytes] | None = None, task: dict[str, object] | None = None) -> None:
+    """Copy an archive, changing manifest fields, adding members or replacing the task file."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "MAR-INF/MANIFEST.json" and manifest_model:
+                doc = json.loads(data)
+                doc["model"].update(manifest_model)
+                data = json.dumps(doc).encode()
+            if info.filename == "capserve_task.json" and task is not None:
+                data = json.dumps(task).encode()
+            zout.writestr(info.filename, data)
+        for name, data in (extra or {}).items():
+            zout.writestr(name, data)
+
+
+def test_manifest_cannot_name_a_file_outside_the_archive(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.pt"
+    victim.write_bytes(b"operator's file")
+    write_mar(tmp_path / "ok.mar")
+    for i, name in enumerate([str(victim), "../../victim.pt"]):
+        hostile = tmp_path / f"hostile{i}.mar"
+        _rewrite(tmp_path / "ok.mar", hostile, manifest_model={"serializedFile": name})
+        with pytest.raises(ArchiveError, match="not a member of the archive"):
+            materialize(hostile, tmp_path / "cache")
+    assert victim.read_bytes() == b"operator's file"  # never moved, never read
+
+
+def test_broken_archives_are_refused_and_the_store_still_serves(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    write_mar(store / "good.mar")
+    _rewrite(store / "good.mar", store / "dupes.mar", extra={"model.pt": b"second copy"})
+    _rewrite(store / "good.mar", store / "badlabels.mar",
+             extra={"index_to_name.json": b'{"-3": "x"}'})
+    _rewrite(store / "good.mar", store / "badtype.mar", task={
+        "task": "classification", "max_batch_size": 8,
+        "inputs": [{"name": "input", "data_type": "TYPE_FP32 } instance_group { count: 99",
+                    "dims": [1, 28, 28]}],
+        "outputs": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [10]}]})
+    found = materialize_archives(store, tmp_path / "cache")
+    assert [name for name, _ in found] == ["good"]

@@ -36,3 +36,11 @@ def test_missing_store_is_a_clear_error(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "serving", "--model-store", str(tmp_path / "nope")],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 2 and "is not a directory" in out.stderr
+
+
+def test_model_control_without_a_token_file_is_refused(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from serving.__main__ import main
+
+    assert main(["--model-store", str(tmp_path), "--enable-model-control"]) == 2
+    assert "--api-token-file" in capsys.readouterr().err
