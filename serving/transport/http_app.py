@@ -29,6 +29,7 @@ from serving.settings import Settings
 from serving.transport import grpc_converters as conv
 from serving.transport import http_codec as codec
 from serving.transport.auth import ModelControlGate
+from serving.transport.disconnect import cancel_on_disconnect
 from serving.transport.errors import http_error_payload
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -146,7 +147,7 @@ class V2Handlers:
             infer_request = decoded.request
             binary_default, binary_outputs = decoded.binary_default, decoded.binary_outputs
         request_id_var.set(infer_request.id or new_request_id())
-        response = await self.service.infer(infer_request)
+        response = await cancel_on_disconnect(request, self.service.infer(infer_request))
         payload, json_length = codec.encode_infer_response(response, binary_default, binary_outputs)
         headers: dict[str, str] = {}
         if json_length is not None:
