@@ -120,7 +120,9 @@ def export_torchscript(model: ServedModel, path: Path) -> Artifact:
         except Exception as exc:
             method = "trace"
             note = f"torch.jit.script failed ({_first_line(exc)}); traced instead"
-            logger.info("%s: %s", model.name, note)
+            # A trace freezes control flow: say so loudly; the parity gate (batch 1 and 7, odd
+            # sizes) is what then vouches for the traced graph.
+            logger.warning("%s: %s", model.name, note)
     try:
         if scripted is None:
             with torch.no_grad():
