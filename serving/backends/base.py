@@ -47,14 +47,14 @@ class BackendSpec:
         except ValueError:
             raise ValueError(f"config parameter '{key}' must be an integer, got {value!r}") from None
 
-    def inline_run_threshold_s(self, resolved_device: str) -> float:
+    def inline_run_threshold_s(self, on_cuda: bool) -> float:
         """Runs measured faster than this execute on the event loop (config
         ``inline_run_max_microseconds``, default 200; 0 turns it off). CPU only: a CUDA run's
         time includes waiting for the device, which must never block the loop."""
+        if on_cuda:
+            return 0.0
         configured = self.int_parameter("inline_run_max_microseconds")
-        if configured is not None:
-            return max(0, configured) / 1e6
-        return 0.0 if resolved_device.startswith("cuda") else 200e-6
+        return 200e-6 if configured is None else max(0, configured) / 1e6
 
     def bool_parameter(self, key: str) -> bool:
         value = (self.parameter(key) or "").strip().lower()

@@ -101,8 +101,7 @@ def build_version(
         observer=observer,
         name=f"{config.name}/{version}",
         inline_below_s=spec.inline_run_threshold_s(
-            "cuda" if any(str(getattr(b, "device", "cpu")).startswith("cuda") for b in backends)
-            else "cpu"),
+            on_cuda=any(b.device.startswith("cuda") for b in backends)),
     )
     return LoadedVersion(
         name=config.name, version=version, config=config, model_dir=model_dir,
