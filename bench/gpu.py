@@ -94,8 +94,8 @@ def in_process(module: Any, model: str, dtype: str, batches: list[int],
 
 async def _drive(call: Any, concurrency: int, seconds: float) -> tuple[list[float], int, float]:
     try:
-        for _ in range(3):  # warm: first CUDA launches, pinned buffers, connection
-            await call()
+        for _ in range(3):  # warm at the point's concurrency: pinned buffers, connection
+            await asyncio.gather(*(call() for _ in range(concurrency)))
     except Exception as exc:  # the row shows the failure instead of losing the sitting
         logger.error("warm-up request failed: %s", exc)
         return [], 1, 1.0
@@ -131,8 +131,10 @@ def _batch_mean(registry: Any, model: str, before: tuple[float, float]) -> tuple
 
 async def through_capserve(store: Path, models: list[tuple[str, str, str]], batches: list[int],
                            concurrency: list[int], seconds: float,
-                           skipped: list[dict[str, str]], device: str = "cuda") -> list[GpuRun]:
-    """models: (served name, arch, dtype)."""
+                           skipped: list[dict[str, str]], device: str = "cuda",
+                           loads: dict[str, float] | None = None) -> list[GpuRun]:
+    """models: (served name, arch, dtype). ``loads`` receives each model's load seconds
+    (warm-up included)."""
     from prometheus_client import CollectorRegistry
 
     from serving.core.metrics import Metrics
@@ -141,10 +143,16 @@ async def through_capserve(store: Path, models: list[tuple[str, str, str]], batc
     from serving.core.types import InferRequest, Tensor
 
     registry = CollectorRegistry()
-    service = InferenceService(ModelRepository(store, device=device),
+    repository = ModelRepository(store, device=device)
+    service = InferenceService(repository,
                                Metrics(registry, process=False, gpu=False),
                                server_version="bench")
     await service.start()
+    for name, _, _ in models:
+        seconds_taken = round(repository.resolve(name).load_seconds, 2)
+        logger.info("%s loaded in %.2f s (warm-up included)", name, seconds_taken)
+        if loads is not None:
+            loads[name] = seconds_taken
     grpc_server: Any = None
     stub: Any = None
     pb: Any = None
@@ -226,6 +234,8 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img" / "bench")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="serve without model_warmup (first runs of each batch shape are timed)")
     p.add_argument("--device", default="cuda", help="cuda (default); cpu only to try the script")
     p.add_argument("--render", type=Path, default=None,
                    help="only re-render the GPU section of --docs from this results JSON")
@@ -277,6 +287,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not ort_cuda:
         skipped.append({"part": "ONNX Runtime CUDA", "reason":
                         "onnxruntime here has no CUDAExecutionProvider (CPU build)"})
+    # Every batch size the batcher can form from these request batches and concurrencies.
+    top = max(batches)
+    warm = tuple(sorted({b * k for b in batches for k in range(1, max(concurrency) + 1)
+                         if b * k <= top})) if args.warmup else ()
+    loads: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="capserve-gpu-") as tmp:
         for arch in args.models.split(","):
             if time.monotonic() - started > args.budget_s:
@@ -285,15 +300,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             served: list[tuple[str, str, str]] = []
             store = Path(tmp) / arch
             for dtype in args.dtypes.split(","):
-                name, module = write_torchscript(store, arch, dtype, max(batches),
-                                                 args.delay_us, args.device)
+                name, module = write_torchscript(store, arch, dtype, top, args.delay_us,
+                                                 args.device, warm)
                 runs += in_process(module, arch, dtype, batches, args.seconds, args.device)
                 del module
                 served.append((name, arch, dtype))
                 if ort_cuda:
                     try:
-                        served.append((write_onnx(store, arch, dtype, max(batches),
-                                                  args.delay_us), arch, f"{dtype} onnx"))
+                        served.append((write_onnx(store, arch, dtype, top, args.delay_us,
+                                                  warm), arch, f"{dtype} onnx"))
                     except Exception as exc:  # export trouble must not cost the other rows
                         skipped.append({"part": f"ONNX export {arch} {dtype}",
                                         "reason": str(exc)[:300]})
@@ -301,7 +316,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 torch.cuda.empty_cache()
             try:
                 runs += asyncio.run(through_capserve(store, served, batches, concurrency,
-                                                     args.seconds, skipped, args.device))
+                                                     args.seconds, skipped, args.device, loads))
             except Exception as exc:  # e.g. generated protobuf code newer than protobuf here
                 logger.exception("capserve path for %s failed", arch)
                 skipped.append({"part": f"capserve {arch}",
@@ -309,6 +324,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     result["runs"] = [dataclasses.asdict(r) for r in runs]
+    result["warmup_batches"] = list(warm)
+    result["load_seconds"] = loads
     result["skipped"] = skipped
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     return result

@@ -24,7 +24,7 @@ def build(arch: str, seed: int = 0) -> Any:
 
 
 def config_text(name: str, dtype: str, max_batch: int, delay_us: int, onnx: bool,
-                device: str = "cuda") -> str:
+                device: str = "cuda", warm_batches: tuple[int, ...] = ()) -> str:
     type_name = _DTYPES[dtype][0]
     platform = "onnxruntime_onnx" if onnx else "pytorch_libtorch"
     kind = "KIND_CPU" if device == "cpu" else "KIND_GPU"
@@ -34,18 +34,27 @@ def config_text(name: str, dtype: str, max_batch: int, delay_us: int, onnx: bool
     param_text = "".join(
         f'parameters {{\n  key: "{k}"\n  value {{\n    string_value: "{v}"\n  }}\n}}\n'
         for k, v in params.items())
+    # Every batch size the batcher can form in the sitting is warmed at load, as a Triton user
+    # would configure it: the first run of a new shape pays cuDNN's algorithm search and
+    # TorchScript's shape specialization, which would otherwise land inside a timed window.
+    warm_text = "".join(
+        f'model_warmup {{\n  name: "b{b}"\n  batch_size: {b}\n  count: 3\n'
+        f'  inputs {{\n    key: "input"\n    value {{\n      data_type: {type_name}\n'
+        f"      dims: [3, 224, 224]\n      random_data: true\n    }}\n  }}\n}}\n"
+        for b in warm_batches)
     return (
         f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch}\n'
         f'input {{\n  name: "input"\n  data_type: {type_name}\n  format: FORMAT_NCHW\n'
         f"  dims: [3, 224, 224]\n}}\n"
         f'output {{\n  name: "logits"\n  data_type: {type_name}\n  dims: [1000]\n}}\n'
         f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n}}\n"
-        f"instance_group {{\n  count: 1\n  kind: {kind}\n}}\n{param_text}"
+        f"instance_group {{\n  count: 1\n  kind: {kind}\n}}\n{param_text}{warm_text}"
     )
 
 
 def write_torchscript(store: Path, arch: str, dtype: str, max_batch: int,
-                      delay_us: int, device: str = "cuda") -> tuple[str, Any]:
+                      delay_us: int, device: str = "cuda",
+                      warm_batches: tuple[int, ...] = ()) -> tuple[str, Any]:
     """Trace ``arch`` on the GPU in ``dtype``; returns (model name, the traced module)."""
     import torch
 
@@ -61,11 +70,13 @@ def write_torchscript(store: Path, arch: str, dtype: str, max_batch: int,
     version.mkdir(parents=True, exist_ok=True)
     traced.save(str(version / "model.pt"))
     (store / name / "config.pbtxt").write_text(config_text(name, dtype, max_batch, delay_us,
-                                                           onnx=False, device=device))
+                                                           onnx=False, device=device,
+                                                           warm_batches=warm_batches))
     return name, torch.jit.load(str(version / "model.pt"), map_location=device).eval()
 
 
-def write_onnx(store: Path, arch: str, dtype: str, max_batch: int, delay_us: int) -> str:
+def write_onnx(store: Path, arch: str, dtype: str, max_batch: int, delay_us: int,
+               warm_batches: tuple[int, ...] = ()) -> str:
     """The ONNX twin, for ONNX Runtime's CUDA provider (only where onnxruntime-gpu exists)."""
     import torch
 
@@ -82,5 +93,5 @@ def write_onnx(store: Path, arch: str, dtype: str, max_batch: int, delay_us: int
                                                              "logits": {0: "batch"}},
                       dynamo=False)
     (store / name / "config.pbtxt").write_text(config_text(name, dtype, max_batch, delay_us,
-                                                           onnx=True))
+                                                           onnx=True, warm_batches=warm_batches))
     return name

@@ -13,6 +13,7 @@ import numpy as np
 from serving.backends import Backend, BackendSpec, create_backend
 from serving.batching import BatchObserver, Clock, DynamicBatcher, policy_from_config
 from serving.core.stats import StatsRecorder
+from serving.core.warmup import run_warmup, warmup_samples
 from serving.generated import model_config_pb2
 
 logger = logging.getLogger(__name__)
@@ -79,17 +80,19 @@ def build_version(
     start = time.perf_counter()
     spec = BackendSpec(config=config, version_dir=model_dir / version, device=device,
                        instances=instances)
+    samples = warmup_samples(config, model_dir)  # a bad sample fails before any model loads
+    outputs = [o.name for o in config.output]
     backends: list[Backend] = []
     try:
         for _ in range(instances):
             backend = create_backend(spec)
             backends.append(backend)
             _check_names(config, backend)
+            run_warmup(backend, samples, outputs, f"{config.name}/{version}")
     except BaseException:
         for b in backends:
             b.close()
         raise
-    outputs = [o.name for o in config.output]
     if observer_factory is not None:
         stats, observer = observer_factory(config.name, version)
     else:
