@@ -9,6 +9,7 @@ Labels ``model``/``version`` only ever come from the repository, never from clie
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
@@ -34,11 +35,27 @@ def _plain(match: re.Match[bytes]) -> bytes:
     return match.group(0)
 
 
+@dataclass(frozen=True, slots=True)
+class _Children:
+    """One model version's labelled children of the per-request and per-execution families."""
+
+    success: Counter
+    inferences: Counter
+    duration: Histogram
+    queue: Histogram
+    executions: Counter
+    batch_size: Histogram
+    compute_input: Histogram
+    compute_infer: Histogram
+    compute_output: Histogram
+
+
 class Metrics:
     def __init__(
         self, registry: CollectorRegistry, *, process: bool = True, gpu: bool = True
     ) -> None:
         self.registry = registry
+        self._bound: dict[tuple[str, str], _Children] = {}
         r = registry
         self.request_success = Counter(
             "capserve_request_success", "Successful inference requests", _MV, registry=r)
@@ -89,13 +106,33 @@ class Metrics:
 
     # -- called by the core ------------------------------------------------------------------
 
+    def _children(self, model: str, version: str) -> _Children:
+        # ``labels()`` validates and locks on every call; the label sets are few and never
+        # removed, so each version's children are looked up once.
+        key = (model, version)
+        found = self._bound.get(key)
+        if found is None:
+            found = self._bound[key] = _Children(
+                self.request_success.labels(model, version),
+                self.inference_count.labels(model, version),
+                self.request_duration.labels(model, version),
+                self.queue_duration.labels(model, version),
+                self.execution_count.labels(model, version),
+                self.batch_size.labels(model, version),
+                self.compute_input.labels(model, version),
+                self.compute_infer.labels(model, version),
+                self.compute_output.labels(model, version),
+            )
+        return found
+
     def request_succeeded(
         self, model: str, version: str, duration_s: float, queue_s: float, batch_size: int
     ) -> None:
-        self.request_success.labels(model, version).inc()
-        self.inference_count.labels(model, version).inc(batch_size)
-        self.request_duration.labels(model, version).observe(duration_s)
-        self.queue_duration.labels(model, version).observe(queue_s)
+        c = self._children(model, version)
+        c.success.inc()
+        c.inferences.inc(batch_size)
+        c.duration.observe(duration_s)
+        c.queue.observe(queue_s)
 
     def request_failed(
         self, model: str, version: str, reason: FailureReason, duration_s: float
@@ -107,11 +144,12 @@ class Metrics:
         self, model: str, version: str, batch_size: int, compute_input_s: float,
         compute_infer_s: float, compute_output_s: float,
     ) -> None:
-        self.execution_count.labels(model, version).inc()
-        self.batch_size.labels(model, version).observe(batch_size)
-        self.compute_input.labels(model, version).observe(compute_input_s)
-        self.compute_infer.labels(model, version).observe(compute_infer_s)
-        self.compute_output.labels(model, version).observe(compute_output_s)
+        c = self._children(model, version)
+        c.executions.inc()
+        c.batch_size.observe(batch_size)
+        c.compute_input.observe(compute_input_s)
+        c.compute_infer.observe(compute_infer_s)
+        c.compute_output.observe(compute_output_s)
 
     def pending_changed(self, model: str, version: str, delta: int) -> None:
         self.pending_requests.labels(model, version).inc(delta)

@@ -35,19 +35,52 @@ def _shape_matches(shape: tuple[int, ...], dims: list[int]) -> bool:
     return len(shape) == len(dims) and all(d == -1 or d == s for s, d in zip(shape, dims, strict=True))
 
 
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """What ``check_request`` reads from a config, extracted once per loaded config: reading
+    protobuf fields and naming enum values on every request costs more than the checks."""
+
+    inputs: dict[str, tuple[str, np.dtype | None, tuple[int, ...]]]  # datatype, dtype, dims
+    required: tuple[str, ...]
+    outputs: dict[str, str]  # name -> datatype
+    max_batch: int
+
+
+_RULES: dict[int, tuple[model_config_pb2.ModelConfig, _Rules]] = {}
+
+
+def _rules(config: model_config_pb2.ModelConfig) -> _Rules:
+    cached = _RULES.get(id(config))
+    if cached is not None and cached[0] is config:  # the entry holds the config: no id reuse
+        return cached[1]
+    inputs = {}
+    for i in config.input:
+        datatype = datatype_of(i)
+        inputs[i.name] = (datatype, None if datatype == "BYTES" else triton_to_numpy(datatype),
+                          tuple(int(d) for d in i.dims))
+    rules = _Rules(inputs=inputs,
+                   required=tuple(i.name for i in config.input if not i.optional),
+                   outputs={o.name: datatype_of(o) for o in config.output},
+                   max_batch=int(config.max_batch_size))
+    if len(_RULES) > 1024:  # reloads make new configs; drop the old ones now and then
+        _RULES.clear()
+    _RULES[id(config)] = (config, rules)
+    return rules
+
+
 def check_request(config: model_config_pb2.ModelConfig, request: InferRequest) -> CheckedRequest:
     model = config.name
-    mbs = int(config.max_batch_size)
-    declared = {i.name: i for i in config.input}
+    rules = _rules(config)
+    mbs = rules.max_batch
     seen: dict[str, np.ndarray] = {}
     batch: int | None = None
     for tensor in request.inputs:
-        spec = declared.get(tensor.name)
-        if spec is None:
+        rule = rules.inputs.get(tensor.name)
+        if rule is None:
             raise InvalidInput(f"unexpected inference input '{tensor.name}' for model '{model}'")
         if tensor.name in seen:
             raise InvalidInput(f"input '{tensor.name}' appears more than once")
-        expected = datatype_of(spec)
+        expected, dtype, dims_t = rule
         if tensor.datatype != expected:
             raise InvalidInput(
                 f"input '{tensor.name}' of model '{model}' has the wrong datatype: "
@@ -55,13 +88,13 @@ def check_request(config: model_config_pb2.ModelConfig, request: InferRequest) -
             )
         data = tensor.data
         shape = tuple(int(d) for d in tensor.shape)
-        if tuple(data.shape) != shape:
+        if data.shape != shape:
             raise InvalidInput(
                 f"input '{tensor.name}' data has shape {list(data.shape)}, header says {list(shape)}"
             )
-        if data.dtype != triton_to_numpy(expected) and expected != "BYTES":
+        if dtype is not None and data.dtype != dtype:
             raise InvalidInput(f"input '{tensor.name}' data is {data.dtype}, expected {expected}")
-        dims = [int(d) for d in spec.dims]
+        dims = list(dims_t)
         if mbs > 0:
             if len(shape) != len(dims) + 1 or not _shape_matches(shape[1:], dims):
                 raise InvalidInput(
@@ -81,30 +114,29 @@ def check_request(config: model_config_pb2.ModelConfig, request: InferRequest) -
                 f"{dims}, got {list(shape)}"
             )
         seen[tensor.name] = data
-    missing = [n for n, i in declared.items() if n not in seen and not i.optional]
+    missing = [n for n in rules.required if n not in seen]
     if missing:
         raise InvalidInput(
-            f"expected {len(declared)} inputs but got {len(seen)} inputs for model '{model}'; "
-            f"missing {', '.join(repr(m) for m in missing)}"
+            f"expected {len(rules.inputs)} inputs but got {len(seen)} inputs for model "
+            f"'{model}'; missing {', '.join(repr(m) for m in missing)}"
         )
     batch_size = batch if batch is not None else 1
     if mbs > 0 and batch_size > mbs:
         raise InvalidInput(
             f"inference request batch-size must be <= {mbs} for '{model}', got {batch_size}"
         )
-    outputs_by_name = {o.name: o for o in config.output}
     if request.outputs:
         for out in request.outputs:
-            spec_out = outputs_by_name.get(out.name)
-            if spec_out is None:
+            out_type = rules.outputs.get(out.name)
+            if out_type is None:
                 raise InvalidInput(f"unexpected inference output '{out.name}' for model '{model}'")
             if out.class_count < 0:
                 raise InvalidInput(f"output '{out.name}': class count must be >= 0")
-            if out.class_count and datatype_of(spec_out) == "BYTES":
+            if out.class_count and out_type == "BYTES":
                 raise InvalidInput(f"output '{out.name}' is BYTES and cannot be classified")
         outputs = list(request.outputs)
     else:
-        outputs = [RequestedOutput(o.name) for o in config.output]
+        outputs = [RequestedOutput(name) for name in rules.outputs]
     return CheckedRequest(
         inputs=seen,
         batch_size=batch_size,

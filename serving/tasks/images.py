@@ -7,7 +7,9 @@ an image with too many pixels is refused from its header, before any pixel is de
 
 from __future__ import annotations
 
+import functools
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +61,8 @@ def decode_image(data: bytes, max_pixels: int) -> Decoded:
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)  # animated GIF/WebP, multi-page TIFF: the first frame
         image.load()
-        upright: Image.Image = ImageOps.exif_transpose(image) or image
+        upright: Image.Image = (ImageOps.exif_transpose(image) or image
+                                if _may_be_rotated(image, fmt) else image)
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image refused: {exc}") from None
     except Exception as exc:  # KeyError, struct.error, ... from corrupt files: all client errors
@@ -67,6 +70,20 @@ def decode_image(data: bytes, max_pixels: int) -> Decoded:
                            f"{str(exc) or type(exc).__name__}; the file is truncated or "
                            "corrupt") from None
     return Decoded(image=upright, width=upright.size[0], height=upright.size[1])
+
+
+# Where Pillow finds an orientation for these formats: EXIF, ImageMagick's PNG text chunk, XMP.
+_ORIENTATION_KEYS = ("exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp")
+_TAGLESS_UNLESS_INFO = ("PNG", "JPEG", "MPO", "GIF", "BMP", "WEBP")
+
+
+def _may_be_rotated(image: Image.Image, fmt: str) -> bool:
+    """False only when the image carries nothing an orientation could be read from: reading
+    EXIF costs more than decoding a thumbnail, and most uploads have none. TIFF keeps its
+    orientation among its own tags, so it is always asked."""
+    if fmt not in _TAGLESS_UNLESS_INFO:
+        return True
+    return any(key in image.info for key in _ORIENTATION_KEYS)
 
 
 def _unidentified(data: bytes, exc: Exception) -> str:
@@ -137,6 +154,8 @@ def resize_for(spec: TaskSpec, image: Image.Image) -> Image.Image:
         raise InvalidInput(f"model '{spec.model}' has resize '{spec.resize}' but no "
                            "input_height/input_width parameters")
     if spec.resize == "exact":
+        if image.size == (target_w, target_h):
+            return image  # already the model's size: no copy
         return image.resize((target_w, target_h), Image.Resampling.BILINEAR)
     if spec.resize == "keep_aspect_pad":
         scale = min(target_w / width, target_h / height)
@@ -152,15 +171,25 @@ def resize_for(spec: TaskSpec, image: Image.Image) -> Image.Image:
     return canvas
 
 
+@functools.lru_cache(maxsize=256)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel scale and offset, shaped [C, 1, 1], with ``x * scale + offset`` equal to
+    ``(x / 255 - mean) / std``: one multiply-add per pixel instead of three array passes."""
+    m = np.asarray(mean, dtype=np.float64)
+    s = np.asarray(std, dtype=np.float64)
+    return ((1.0 / (255.0 * s)).astype(np.float32)[:, None, None],
+            (-m / s).astype(np.float32)[:, None, None])
+
+
 def normalize(spec: TaskSpec, image: Image.Image) -> np.ndarray:
     """``(pixels / 255 - mean) / std`` as float32 CHW."""
-    arr = np.asarray(image, dtype=np.float32) / np.float32(255.0)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
-    arr = (arr - mean) / std
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    pixels = np.asarray(image, dtype=np.uint8)
+    chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    scale, offset = _affine(spec.mean, spec.std)
+    out = chw.astype(np.float32)  # a fresh C-contiguous copy, safe to change in place
+    out *= scale
+    out += offset
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,10 +218,28 @@ INLINE_MAX_BYTES = 16 * 1024
 INLINE_MAX_PIXELS = 128 * 128
 
 
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read straight from a PNG, GIF or BMP header; None for other formats.
+    Only a hint for where to decode: the real decode checks everything again."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        w, h = struct.unpack(">II", data[16:24])
+        return w, h
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        w, h = struct.unpack("<HH", data[6:10])
+        return w, h
+    if data[:2] == b"BM" and len(data) >= 26:
+        w, h = struct.unpack("<ii", data[18:26])
+        return abs(w), abs(h)
+    return None
+
+
 def is_small_image(data: bytes) -> bool:
     """True when ``data`` is a small image by its header (cheap enough to decode anywhere)."""
     if len(data) > INLINE_MAX_BYTES:
         return False
+    size = _header_size(data)
+    if size is not None:
+        return size[0] * size[1] <= INLINE_MAX_PIXELS
     try:
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
             width, height = image.size

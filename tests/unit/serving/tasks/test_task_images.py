@@ -41,6 +41,51 @@ def test_exif_orientation_is_applied() -> None:
     assert (got.width, got.height) == (20, 40)
 
 
+def _rotated(fmt: str, how: str) -> bytes:
+    """A 40 wide, 20 high image whose metadata says 'rotate 90' (orientation 6) by ``how``."""
+    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    buf = io.BytesIO()
+    if how == "exif":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        image.save(buf, format=fmt, exif=exif)
+    else:
+        from PIL import PngImagePlugin
+
+        meta = PngImagePlugin.PngInfo()
+        meta.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta><rdf:Description tiff:Orientation="6"/>'
+                      "</x:xmpmeta>")
+        image.save(buf, format=fmt, pnginfo=meta)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("fmt", "how"), [("PNG", "exif"), ("WEBP", "exif"), ("JPEG", "exif"),
+                                          ("TIFF", "exif"), ("PNG", "xmp")])
+def test_orientation_is_applied_wherever_pillow_finds_it(fmt: str, how: str) -> None:
+    got = decode_image(_rotated(fmt, how), LIMIT)
+    assert (got.width, got.height) == (20, 40)
+
+
+def test_images_without_orientation_keep_their_size() -> None:
+    buf = io.BytesIO()
+    Image.new("L", (40, 20), 7).save(buf, format="PNG")
+    got = decode_image(buf.getvalue(), LIMIT)
+    assert (got.width, got.height) == (40, 20)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "BMP", "JPEG", "WEBP"])
+def test_small_image_hint_reads_the_header_size(fmt: str) -> None:
+    from serving.tasks.images import is_small_image
+
+    cases = [((28, 28), True), ((129, 128), False)]
+    if fmt != "BMP":  # uncompressed: a 128x128 BMP is over the byte limit by itself
+        cases.append(((128, 128), True))
+    for size, small in cases:
+        buf = io.BytesIO()
+        Image.new("RGB", size, 0).save(buf, format=fmt)
+        assert is_small_image(buf.getvalue()) is small, (fmt, size)
+
+
 def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
     got = decode_image((DATA / "corpus" / "gray16.png").read_bytes(), LIMIT)
     grey = np.asarray(to_color(got.image, "L"))
