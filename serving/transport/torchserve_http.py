@@ -32,7 +32,7 @@ from serving.logs import new_request_id, request_id_var
 from serving.tasks.options import TaskOptions
 from serving.tasks.registry import TaskResult
 from serving.transport.errors import classify
-from serving.transport.http_app import read_body
+from serving.transport.http_app import header, read_body
 
 if TYPE_CHECKING:
     from serving.archives.store import ModelStoreAccess
@@ -82,7 +82,7 @@ def json_list(results: list[TaskResult]) -> bytes:
 
 async def _images(request: Request, limit: int) -> list[bytes]:
     body = await read_body(request, limit)
-    ctype = request.headers.get("content-type", "").lower()
+    ctype = (header(request, "content-type") or "").lower()
     if ctype.startswith("multipart/form-data"):
         return await _multipart(request, body)
     if ctype.startswith("application/json"):
@@ -141,7 +141,7 @@ class TorchServeHandlers:
     async def _run(self, request: Request, explain: bool) -> list[TaskResult]:
         model = request.path_params["model"]
         version = model_version(request.path_params.get("version", ""))
-        options = TaskOptions.parse(request.query_params, request.headers.get("accept", ""))
+        options = TaskOptions.parse(request.query_params, header(request, "accept") or "")
         images = await _images(request, self.limit)
         run = self.pipelines.explain if explain else self.pipelines.predict
         return await run(model, version, images, options)
@@ -166,7 +166,7 @@ class TorchServeHandlers:
         if not isinstance(instances, list) or not instances:
             raise InvalidInput('KServe v1 body needs a non-empty list "instances"')
         images = [_instance(item, i) for i, item in enumerate(instances)]
-        options = TaskOptions.parse(request.query_params, request.headers.get("accept", ""))
+        options = TaskOptions.parse(request.query_params, header(request, "accept") or "")
         run = self.pipelines.explain if verb == "explain" else self.pipelines.predict
         results = await run(model, "", images, options)
         key = "explanations" if verb == "explain" else "predictions"
@@ -192,7 +192,7 @@ def _instance(item: Any, index: int) -> bytes:
 
 def _guard(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        request_id_var.set(request.headers.get("x-request-id") or new_request_id())
+        request_id_var.set(header(request, "x-request-id") or new_request_id())
         try:
             return await fn(request)
         except ServingError as exc:
