@@ -135,8 +135,17 @@ def to_color(image: Image.Image, color: str) -> Image.Image:
     return rgb.convert("L") if color == "L" else rgb
 
 
+Box = tuple[float, float, float, float]  # (left, top, right, bottom) in fed-image pixels
+
+
 def resize_for(spec: TaskSpec, image: Image.Image) -> Image.Image:
     """Apply the model's resize policy; fully convolutional models keep the size up to max_side."""
+    return resize_with_box(spec, image)[0]
+
+
+def resize_with_box(spec: TaskSpec, image: Image.Image) -> tuple[Image.Image, Box | None]:
+    """The resized image and where the whole original lies in it: None when it fills the fed
+    image exactly, else a box that is inside it (padding) or larger than it (cropping)."""
     width, height = image.size
     if spec.resize == "none":
         if min(width, height) < spec.min_side:
@@ -147,16 +156,16 @@ def resize_for(spec: TaskSpec, image: Image.Image) -> Image.Image:
         if spec.max_side and longest > spec.max_side:
             scale = spec.max_side / longest
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            return image.resize(size, Image.Resampling.BILINEAR)
-        return image
+            return image.resize(size, Image.Resampling.BILINEAR), None
+        return image, None
     target_w, target_h = spec.width, spec.height
     if target_w <= 0 or target_h <= 0:
         raise InvalidInput(f"model '{spec.model}' has resize '{spec.resize}' but no "
                            "input_height/input_width parameters")
     if spec.resize == "exact":
         if image.size == (target_w, target_h):
-            return image  # already the model's size: no copy
-        return image.resize((target_w, target_h), Image.Resampling.BILINEAR)
+            return image, None  # already the model's size: no copy
+        return image.resize((target_w, target_h), Image.Resampling.BILINEAR), None
     if spec.resize == "keep_aspect_pad":
         scale = min(target_w / width, target_h / height)
     else:  # keep_aspect_crop
@@ -165,10 +174,12 @@ def resize_for(spec: TaskSpec, image: Image.Image) -> Image.Image:
     scaled = image.resize(size, Image.Resampling.BILINEAR)
     if spec.resize == "keep_aspect_crop":
         left, top = (size[0] - target_w) // 2, (size[1] - target_h) // 2
-        return scaled.crop((left, top, left + target_w, top + target_h))
+        return (scaled.crop((left, top, left + target_w, top + target_h)),
+                (-left, -top, size[0] - left, size[1] - top))
     canvas = Image.new(scaled.mode, (target_w, target_h))
-    canvas.paste(scaled, ((target_w - size[0]) // 2, (target_h - size[1]) // 2))
-    return canvas
+    left, top = (target_w - size[0]) // 2, (target_h - size[1]) // 2
+    canvas.paste(scaled, (left, top))
+    return canvas, (left, top, left + size[0], top + size[1])
 
 
 @functools.lru_cache(maxsize=256)
@@ -199,6 +210,7 @@ class Prepared:
     tensor: np.ndarray  # float32 CHW
     original_size: tuple[int, int]  # (width, height) as received
     fed_size: tuple[int, int]  # (width, height) given to the model
+    content_box: Box | None = None  # where the original lies in the fed image; None = all of it
 
 
 def prepare(spec: TaskSpec, data: bytes, max_pixels: int) -> Prepared:
@@ -209,9 +221,9 @@ def prepare(spec: TaskSpec, data: bytes, max_pixels: int) -> Prepared:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InvalidInput(f"cannot convert a {decoded.image.mode} image to {spec.color}: "
                            f"{exc}") from None
-    image = resize_for(spec, converted)
+    image, box = resize_with_box(spec, converted)
     return Prepared(tensor=normalize(spec, image), original_size=(decoded.width, decoded.height),
-                    fed_size=image.size)
+                    fed_size=image.size, content_box=box)
 
 
 INLINE_MAX_BYTES = 16 * 1024

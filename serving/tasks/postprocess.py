@@ -63,12 +63,35 @@ def voc_palette(n: int) -> list[int]:
     return palette[: 3 * max(n, 1)] + [0] * (3 * (256 - max(n, 1)))
 
 
-def mask_at(logits_chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Argmax class per pixel, scaled (nearest) to ``size`` = (width, height)."""
+def mask_at(logits_chw: np.ndarray, size: tuple[int, int],
+            fed_size: tuple[int, int] | None = None,
+            box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """Argmax class per pixel at ``size`` = (width, height) of the original image (nearest).
+
+    ``box`` is where the original lies in the fed image of ``fed_size`` (letterboxing or a
+    centre crop): the padding is left out, and what a crop cut away is class 0."""
     mask = np.argmax(logits_chw, axis=0).astype(np.uint8)
-    if (mask.shape[1], mask.shape[0]) != size:
-        mask = np.asarray(Image.fromarray(mask, mode="L").resize(size, Image.Resampling.NEAREST))
-    return mask
+    if box is None or fed_size is None:
+        if (mask.shape[1], mask.shape[0]) != size:
+            mask = np.asarray(Image.fromarray(mask, mode="L").resize(size,
+                                                                     Image.Resampling.NEAREST))
+        return mask
+    out_h, out_w = mask.shape
+    rows = _source_index(box[1], box[3], size[1], out_h / fed_size[1], out_h)
+    cols = _source_index(box[0], box[2], size[0], out_w / fed_size[0], out_w)
+    mapped = mask[np.clip(rows, 0, out_h - 1)][:, np.clip(cols, 0, out_w - 1)]
+    outside = (rows < 0) | (rows >= out_h)
+    mapped[outside, :] = 0
+    mapped[:, (cols < 0) | (cols >= out_w)] = 0
+    return mapped
+
+
+def _source_index(start: float, end: float, count: int, to_output: float,
+                  limit: int) -> np.ndarray:
+    """For each of ``count`` original pixels along one axis, the model-output pixel whose
+    centre it falls on (may be outside 0..limit-1 where a crop cut the original)."""
+    centres = start + (np.arange(count) + 0.5) * ((end - start) / count)
+    return np.floor(centres * to_output).astype(np.int64)
 
 
 def mask_png(mask: np.ndarray, num_classes: int) -> bytes:
@@ -80,10 +103,11 @@ def mask_png(mask: np.ndarray, num_classes: int) -> bytes:
 
 
 def segmentation_json(logits_chw: np.ndarray, labels: Sequence[str], size: tuple[int, int],
-                      probabilities: bool) -> dict[str, Any]:
+                      probabilities: bool, fed_size: tuple[int, int] | None = None,
+                      box: tuple[float, float, float, float] | None = None) -> dict[str, Any]:
     """Class grid at ``size``; with ``probabilities`` also each class's per-pixel probability
     (at the model's output resolution, to keep answers small)."""
-    mask = mask_at(logits_chw, size)
+    mask = mask_at(logits_chw, size, fed_size, box)
     num = logits_chw.shape[0]
     body: dict[str, Any] = {
         "width": size[0], "height": size[1],

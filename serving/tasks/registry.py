@@ -227,11 +227,13 @@ def render(spec: TaskSpec, labels: Sequence[str], prepared: Prepared,
         (logits,) = outputs.values()
         if options.format == "json" or options.probabilities:
             body_json = post.segmentation_json(logits, labels, prepared.original_size,
-                                               options.probabilities)
+                                               options.probabilities, prepared.fed_size,
+                                               prepared.content_box)
             return TaskResult(post.dumps(body_json), post.JSON)
         if options.format == "jpeg":
             raise InvalidInput("segmentation masks are PNG or JSON, not JPEG")
-        mask = post.mask_at(logits, prepared.original_size)
+        mask = post.mask_at(logits, prepared.original_size, prepared.fed_size,
+                            prepared.content_box)
         return TaskResult(post.mask_png(mask, logits.shape[0]), post.PNG)
     if task == "style_transfer":
         (image,) = outputs.values()

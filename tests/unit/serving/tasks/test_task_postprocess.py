@@ -103,3 +103,43 @@ def test_spec_defaults_and_errors() -> None:
     with pytest.raises(InvalidInput, match="3 values for 1 channel"):
         TaskSpec.from_parameters("m", {"task": "classification", "input_color": "L",
                                        "mean": "1,2,3"})
+
+
+def _bright_with_dark_stripe(width: int, height: int) -> bytes:
+    """White everywhere except a black stripe over the right quarter, as PNG bytes."""
+    pixels = np.full((height, width), 255, np.uint8)
+    pixels[:, width * 3 // 4:] = 0
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _threshold_model(tensor: np.ndarray) -> np.ndarray:
+    """A stand-in segmentation output: class 1 where the fed pixel is bright, class 0 elsewhere
+    (padding is black, so it reads as class 0)."""
+    return np.stack([np.full(tensor.shape[1:], 0.5, np.float32), tensor[0]])
+
+
+@pytest.mark.parametrize("policy", ["keep_aspect_pad", "keep_aspect_crop", "exact"])
+def test_masks_map_back_through_letterbox_and_crop(policy: str) -> None:
+    from serving.tasks.images import prepare
+
+    spec = TaskSpec.from_parameters("seg", {
+        "task": "segmentation", "input_color": "L", "input_height": "32", "input_width": "32",
+        "mean": "0", "std": "1", "resize": policy})
+    width, height = 80, 40
+    prepared = prepare(spec, _bright_with_dark_stripe(width, height), 10**6)
+    logits = _threshold_model(prepared.tensor)
+    mask = postprocess.mask_at(logits, prepared.original_size, prepared.fed_size,
+                               prepared.content_box)
+    assert mask.shape == (height, width)
+    want = np.ones((height, width), np.uint8)
+    want[:, width * 3 // 4:] = 0
+    if policy == "keep_aspect_crop":  # 80x40 -> 64x32, 16 fed pixels cut off each side
+        want[:, :20] = 0
+        want[:, 60:] = 0
+    # Nearest-neighbour edges may land one original pixel either way.
+    assert (mask != want).mean() < 0.03, policy
+    body = postprocess.segmentation_json(logits, ["bg", "fg"], prepared.original_size, False,
+                                         prepared.fed_size, prepared.content_box)
+    assert np.array_equal(np.array(body["mask"], np.uint8), mask)
