@@ -20,6 +20,7 @@ from grpc import aio
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
 from serving.core.metrics import Metrics
 from serving.core.repository import ModelRepository
@@ -44,7 +45,7 @@ class Listener:
 class _HttpListener:
     """One uvicorn server driven from our own loop, so the signal handling stays ours."""
 
-    def __init__(self, kind: str, app: Starlette, host: str, port: int, grace_s: float) -> None:
+    def __init__(self, kind: str, app: ASGIApp, host: str, port: int, grace_s: float) -> None:
         self.kind = kind
         config = uvicorn.Config(
             app, host=host, port=port, http="httptools", loop="none", lifespan="off",

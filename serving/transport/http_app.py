@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from serving.core import datatypes
 from serving.core.service import InferenceService
@@ -31,6 +32,7 @@ from serving.transport import http_codec as codec
 from serving.transport.auth import ModelControlGate
 from serving.transport.disconnect import cancel_on_disconnect
 from serving.transport.errors import http_error_payload
+from serving.transport.hot_routes import HotRoutes
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -279,12 +281,12 @@ def create_http_app(
     settings: Settings,
     extra_routes: Sequence[BaseRoute] = (),
     gate: ModelControlGate | None = None,
-) -> Starlette:
-    """The app for port 8000: v2 routes first, then ``extra_routes`` (the TorchServe dialect)."""
+) -> ASGIApp:
+    """The app for port 8000: v2 routes first, then ``extra_routes`` (the TorchServe dialect),
+    with the inference routes taken straight (``HotRoutes``)."""
     if gate is None:
         gate = ModelControlGate(settings.enable_model_control, settings.api_token())
     handlers = V2Handlers(service, gate, settings.max_request_bytes)
-    return Starlette(
-        routes=[*v2_routes(handlers), *extra_routes],
-        exception_handlers={HTTPException: _http_exception},
-    )
+    routes = [*v2_routes(handlers), *extra_routes]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
+    return HotRoutes(app, routes)
