@@ -52,6 +52,7 @@ def test_config_pbtxt_parses_back_into_the_same_message(full_store: tuple[Path, 
     assert params["input_color"] == "L" and params["mean"] == "0.1307" and params["std"] == "0.3081"
     assert params["output_semantics"] == "logits" and params["arch"] == "lenet"
     assert len(params["source_sha256"]) == 64
+    assert params["intra_op_thread_count"] == "1"  # 0.8 MFLOPs per image: one thread
     ts = parse_config((store / "lenet_torchscript" / "config.pbtxt").read_text())
     assert ts.platform == "pytorch_libtorch" and ts.name == "lenet_torchscript"
     labels = (store / "lenet" / "labels.txt").read_text().splitlines()
@@ -202,3 +203,13 @@ def test_mar_without_the_archiver_package_has_the_same_layout(
             assert zf.read(member) == ref.read(member)
         manifest, ref_manifest = (json.loads(z.read("MAR-INF/MANIFEST.json")) for z in (zf, ref))
     assert manifest["model"] == ref_manifest["model"] and manifest["runtime"] == "python"
+
+
+def test_only_small_models_are_pinned_to_one_thread() -> None:
+    hints = {}
+    for ckpt in ("lenet", "capsnet", "unet", "style_mosaic"):
+        for m in served_models(load_source(ROOT / "checkpoints" / f"{ckpt}.pt"), ckpt,
+                               f"{ckpt}_decoder"):
+            hints[m.name] = m.spec.parameters.get("intra_op_thread_count")
+    assert hints == {"lenet": "1", "capsnet": None, "capsnet_decoder": "1", "unet": None,
+                     "style_mosaic": None}
