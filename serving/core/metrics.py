@@ -9,10 +9,15 @@ Labels ``model``/``version`` only ever come from the repository, never from clie
 from __future__ import annotations
 
 import re
+import socket
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, Metric, UnknownMetricFamily
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from serving.core.gpu import GpuCollector
 from serving.errors import FailureReason
@@ -33,6 +38,45 @@ def _plain(match: re.Match[bytes]) -> bytes:
     if value.is_integer():
         return match.group(1) + str(int(value)).encode()
     return match.group(0)
+
+
+class _TorchServeTotals(Collector):
+    """TorchServe's per-model inference totals under their TorchServe names and labels, so
+    dashboards and alerts written against TorchServe keep working after the switch.
+
+    ``ts_inference_latency_microseconds`` and ``ts_queue_latency_microseconds`` are running
+    sums without the ``_total`` suffix that prometheus_client adds to every counter, so they are
+    exposed untyped under their exact names; ``rate()`` reads them the same."""
+
+    def __init__(self) -> None:
+        self._host = socket.gethostname()
+        self._lock = threading.Lock()
+        self._sums: dict[tuple[str, str], list[float]] = {}  # -> [requests, latency us, queue us]
+
+    def add(self, model: str, version: str, duration_s: float, queue_s: float) -> None:
+        with self._lock:
+            sums = self._sums.setdefault((model, version), [0.0, 0.0, 0.0])
+            sums[0] += 1
+            sums[1] += duration_s * 1e6
+            sums[2] += queue_s * 1e6
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model_name", "model_version", "hostname"]
+        requests = CounterMetricFamily("ts_inference_requests", "Successful inference requests "
+                                       "(TorchServe name)", labels=labels)
+        latency = UnknownMetricFamily("ts_inference_latency_microseconds", "Sum of inference "
+                                      "request latencies in microseconds (TorchServe name)",
+                                      labels=labels)
+        queue = UnknownMetricFamily("ts_queue_latency_microseconds", "Sum of queue latencies "
+                                    "in microseconds (TorchServe name)", labels=labels)
+        with self._lock:
+            rows = [(key, list(sums)) for key, sums in self._sums.items()]
+        for (model, version), (count, latency_us, queue_us) in rows:
+            values = [model, version, self._host]
+            requests.add_metric(values, count)
+            latency.add_metric(values, round(latency_us))
+            queue.add_metric(values, round(queue_us))
+        yield from (requests, latency, queue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +138,8 @@ class Metrics:
         self.model_load_duration = Gauge(
             "capserve_model_load_duration_seconds", "Time the last load of the version took",
             _MV, registry=r)
+        self._torchserve = _TorchServeTotals()
+        r.register(self._torchserve)
         if process:
             ProcessCollector(registry=r)
         self._gpu = GpuCollector.create() if gpu else None
@@ -133,6 +179,7 @@ class Metrics:
         c.inferences.inc(batch_size)
         c.duration.observe(duration_s)
         c.queue.observe(queue_s)
+        self._torchserve.add(model, version, duration_s, queue_s)
 
     def request_failed(
         self, model: str, version: str, reason: FailureReason, duration_s: float

@@ -57,3 +57,14 @@ def test_metrics_move_with_requests(v2_server: ServerProcess) -> None:
     assert delta("capserve_request_duration_seconds_count") >= 5
     assert delta("capserve_batch_size_count") == delta("capserve_execution_count_total")
     assert value(after, "capserve_model_ready", **m) == 1
+    # TorchServe's names and labels for the same requests, for dashboards carried over.
+    import socket
+
+    ts = {"model_name": "simple", "model_version": "1", "hostname": socket.gethostname()}
+
+    def ts_delta(name: str) -> float:
+        return value(after, name, **ts) - value(before, name, **ts)
+
+    assert ts_delta("ts_inference_requests_total") == 5
+    assert ts_delta("ts_inference_latency_microseconds") >= ts_delta(
+        "ts_queue_latency_microseconds") > 0
