@@ -175,7 +175,12 @@ def flops_per_item(module: nn.Module, example: torch.Tensor) -> float:
 
 
 def _with_thread_hint(spec: ModelSpec, module: nn.Module, example: torch.Tensor) -> ModelSpec:
-    if flops_per_item(module, example) >= SMALL_MODEL_FLOPS:
+    try:
+        flops = flops_per_item(module, example)
+    except Exception as exc:  # an op the counter cannot trace: keep the server's default
+        logger.warning("could not count FLOPs (%s); leaving the thread count to the server", exc)
+        return spec
+    if flops >= SMALL_MODEL_FLOPS:
         return spec
     return dataclasses.replace(spec, parameters={**spec.parameters, "intra_op_thread_count": "1"})
 
