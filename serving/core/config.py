@@ -57,8 +57,9 @@ def read_config(model_dir: Path, name: str) -> model_config_pb2.ModelConfig:
     return config
 
 
-def datatype_of(tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput) -> str:
-    """Triton datatype (``FP32``) of a config input/output."""
+def datatype_of(tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput
+                | model_config_pb2.ModelWarmup.Input) -> str:
+    """Triton datatype (``FP32``) of a config input, output or warm-up input."""
     return config_to_triton(model_config_pb2.DataType.Name(tensor.data_type))
 
 

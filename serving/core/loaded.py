@@ -13,6 +13,7 @@ import numpy as np
 from serving.backends import Backend, BackendSpec, create_backend
 from serving.batching import BatchObserver, Clock, DynamicBatcher, policy_from_config
 from serving.core.stats import StatsRecorder
+from serving.core.validation import RequestRules
 from serving.core.warmup import run_warmup, warmup_samples
 from serving.generated import model_config_pb2
 
@@ -34,6 +35,7 @@ class LoadedVersion:
     stats: StatsRecorder
     loaded_at: float  # epoch seconds
     load_seconds: float
+    rules: RequestRules  # the config's request checks, extracted once
 
     @property
     def device(self) -> str:
@@ -109,5 +111,5 @@ def build_version(
     return LoadedVersion(
         name=config.name, version=version, config=config, model_dir=model_dir,
         backends=backends, batcher=batcher, stats=stats, loaded_at=time.time(),
-        load_seconds=time.perf_counter() - start,
+        load_seconds=time.perf_counter() - start, rules=RequestRules.of(config),
     )

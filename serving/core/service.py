@@ -298,7 +298,7 @@ class InferenceService:
         self._metrics.inflight_requests.inc()
         try:
             try:
-                checked = check_request(loaded.config, request)
+                checked = check_request(loaded.rules, request)
                 result = await loaded.batcher.submit(
                     checked.inputs, checked.batch_size, priority=checked.priority,
                     timeout_us=checked.timeout_us,

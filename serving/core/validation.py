@@ -31,46 +31,37 @@ def _int_param(params: dict[str, ParamValue], key: str) -> int:
     return value
 
 
-def _shape_matches(shape: tuple[int, ...], dims: list[int]) -> bool:
+def _shape_matches(shape: tuple[int, ...], dims: tuple[int, ...]) -> bool:
     return len(shape) == len(dims) and all(d == -1 or d == s for s, d in zip(shape, dims, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
-class _Rules:
-    """What ``check_request`` reads from a config, extracted once per loaded config: reading
-    protobuf fields and naming enum values on every request costs more than the checks."""
+class RequestRules:
+    """What ``check_request`` reads from a model config, extracted once when the version loads:
+    reading protobuf fields and naming enum values on every request costs more than the checks."""
 
+    model: str
     inputs: dict[str, tuple[str, np.dtype | None, tuple[int, ...]]]  # datatype, dtype, dims
     required: tuple[str, ...]
     outputs: dict[str, str]  # name -> datatype
     max_batch: int
 
-
-_RULES: dict[int, tuple[model_config_pb2.ModelConfig, _Rules]] = {}
-
-
-def _rules(config: model_config_pb2.ModelConfig) -> _Rules:
-    cached = _RULES.get(id(config))
-    if cached is not None and cached[0] is config:  # the entry holds the config: no id reuse
-        return cached[1]
-    inputs = {}
-    for i in config.input:
-        datatype = datatype_of(i)
-        inputs[i.name] = (datatype, None if datatype == "BYTES" else triton_to_numpy(datatype),
-                          tuple(int(d) for d in i.dims))
-    rules = _Rules(inputs=inputs,
+    @classmethod
+    def of(cls, config: model_config_pb2.ModelConfig) -> RequestRules:
+        inputs = {}
+        for i in config.input:
+            datatype = datatype_of(i)
+            inputs[i.name] = (datatype,
+                              None if datatype == "BYTES" else triton_to_numpy(datatype),
+                              tuple(int(d) for d in i.dims))
+        return cls(model=config.name, inputs=inputs,
                    required=tuple(i.name for i in config.input if not i.optional),
                    outputs={o.name: datatype_of(o) for o in config.output},
                    max_batch=int(config.max_batch_size))
-    if len(_RULES) > 1024:  # reloads make new configs; drop the old ones now and then
-        _RULES.clear()
-    _RULES[id(config)] = (config, rules)
-    return rules
 
 
-def check_request(config: model_config_pb2.ModelConfig, request: InferRequest) -> CheckedRequest:
-    model = config.name
-    rules = _rules(config)
+def check_request(rules: RequestRules, request: InferRequest) -> CheckedRequest:
+    model = rules.model
     mbs = rules.max_batch
     seen: dict[str, np.ndarray] = {}
     batch: int | None = None
@@ -80,7 +71,7 @@ def check_request(config: model_config_pb2.ModelConfig, request: InferRequest) -
             raise InvalidInput(f"unexpected inference input '{tensor.name}' for model '{model}'")
         if tensor.name in seen:
             raise InvalidInput(f"input '{tensor.name}' appears more than once")
-        expected, dtype, dims_t = rule
+        expected, dtype, dims = rule
         if tensor.datatype != expected:
             raise InvalidInput(
                 f"input '{tensor.name}' of model '{model}' has the wrong datatype: "
@@ -94,7 +85,6 @@ def check_request(config: model_config_pb2.ModelConfig, request: InferRequest) -
             )
         if dtype is not None and data.dtype != dtype:
             raise InvalidInput(f"input '{tensor.name}' data is {data.dtype}, expected {expected}")
-        dims = list(dims_t)
         if mbs > 0:
             if len(shape) != len(dims) + 1 or not _shape_matches(shape[1:], dims):
                 raise InvalidInput(
@@ -111,7 +101,7 @@ def check_request(config: model_config_pb2.ModelConfig, request: InferRequest) -
         elif not _shape_matches(shape, dims):
             raise InvalidInput(
                 f"unexpected shape for input '{tensor.name}' for model '{model}'. Expected "
-                f"{dims}, got {list(shape)}"
+                f"{list(dims)}, got {list(shape)}"
             )
         seen[tensor.name] = data
     missing = [n for n in rules.required if n not in seen]

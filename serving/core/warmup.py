@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from serving.backends import Backend
-from serving.core.datatypes import config_to_triton, triton_to_numpy
+from serving.core.config import datatype_of
+from serving.core.datatypes import triton_to_numpy
 from serving.generated import model_config_pb2
 
 logger = logging.getLogger(__name__)
@@ -54,8 +55,7 @@ def warmup_samples(config: model_config_pb2.ModelConfig, model_dir: Path) -> lis
 def _tensor(label: str, name: str, spec: model_config_pb2.ModelWarmup.Input,
             declared: model_config_pb2.ModelInput, batching: bool, batch_size: int,
             model_dir: Path, rng: np.random.Generator) -> np.ndarray:
-    datatype = config_to_triton(model_config_pb2.DataType.Name(spec.data_type))
-    expected = config_to_triton(model_config_pb2.DataType.Name(declared.data_type))
+    datatype, expected = datatype_of(spec), datatype_of(declared)
     if datatype != expected:
         raise ValueError(f"{label}: input '{name}' is {datatype} but the config declares {expected}")
     if datatype == "BYTES":

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from serving.tasks.images import encode_image
+from serving.tasks.images import Box, encode_image
 
 JSON = "application/json"
 PNG = "image/png"
@@ -64,8 +64,7 @@ def voc_palette(n: int) -> list[int]:
 
 
 def mask_at(logits_chw: np.ndarray, size: tuple[int, int],
-            fed_size: tuple[int, int] | None = None,
-            box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+            fed_size: tuple[int, int] | None = None, box: Box | None = None) -> np.ndarray:
     """Argmax class per pixel at ``size`` = (width, height) of the original image (nearest).
 
     ``box`` is where the original lies in the fed image of ``fed_size`` (letterboxing or a
@@ -104,7 +103,7 @@ def mask_png(mask: np.ndarray, num_classes: int) -> bytes:
 
 def segmentation_json(logits_chw: np.ndarray, labels: Sequence[str], size: tuple[int, int],
                       probabilities: bool, fed_size: tuple[int, int] | None = None,
-                      box: tuple[float, float, float, float] | None = None) -> dict[str, Any]:
+                      box: Box | None = None) -> dict[str, Any]:
     """Class grid at ``size``; with ``probabilities`` also each class's per-pixel probability
     (at the model's output resolution, to keep answers small)."""
     mask = mask_at(logits_chw, size, fed_size, box)
