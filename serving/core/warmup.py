@@ -73,12 +73,12 @@ def _tensor(label: str, name: str, spec: model_config_pb2.ModelWarmup.Input,
             return rng.integers(0, 2, shape).astype(dtype)
         return rng.integers(0, 100, shape).astype(dtype)  # small: valid for most index inputs
     if which == "input_data_file":
-        return _from_file(label, name, spec.input_data_file, model_dir, shape, dtype)
+        return _from_file(label, name, spec.input_data_file, model_dir, shape, dtype, batching)
     return np.zeros(shape, dtype)  # zero_data, or nothing said (Triton's default too)
 
 
 def _from_file(label: str, name: str, filename: str, model_dir: Path,
-               shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+               shape: tuple[int, ...], dtype: np.dtype, batching: bool) -> np.ndarray:
     folder = (model_dir / "warmup").resolve()
     path = (folder / filename).resolve()
     if not path.is_relative_to(folder):
@@ -87,11 +87,11 @@ def _from_file(label: str, name: str, filename: str, model_dir: Path,
         raw = path.read_bytes()
     except OSError as exc:
         raise ValueError(f"{label}: input '{name}' file {filename!r}: {exc.strerror}") from None
-    per_sample = int(np.prod(shape[1:] if len(shape) > 1 else shape, dtype=np.int64)) * dtype.itemsize
     total = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) == total:
         return np.frombuffer(raw, dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    if len(raw) == per_sample and len(shape) > 1:  # one sample, repeated over the batch
+    per_sample = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    if batching and len(raw) == per_sample:  # one sample, repeated over the batch
         one = np.frombuffer(raw, dtype.newbyteorder("<")).astype(dtype).reshape(shape[1:])
         return np.broadcast_to(one, shape).copy()
     raise ValueError(f"{label}: input '{name}' file {filename!r} holds {len(raw)} bytes; "

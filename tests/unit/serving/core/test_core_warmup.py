@@ -109,3 +109,22 @@ def test_the_served_answer_is_unchanged_by_warmup(tiny_store: Path) -> None:
         return np.asarray(res.outputs[0].data)
 
     np.testing.assert_allclose(asyncio.run(main()), tiny_reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_without_batching_needs_the_whole_tensor_in_its_file(tmp_path: Path) -> None:
+    from google.protobuf import text_format
+
+    from serving.core.warmup import warmup_samples
+    from serving.generated import model_config_pb2
+
+    config = text_format.Parse(
+        'name: "m" max_batch_size: 0 input { name: "x" data_type: TYPE_FP32 dims: [2, 4] } '
+        'model_warmup { name: "row" inputs { key: "x" value { data_type: TYPE_FP32 dims: [2, 4] '
+        'input_data_file: "row.bin" } } }', model_config_pb2.ModelConfig())
+    (tmp_path / "warmup").mkdir()
+    (tmp_path / "warmup" / "row.bin").write_bytes(np.arange(4, dtype="<f4").tobytes())
+    with pytest.raises(ValueError, match=r"'row.bin' holds 16 bytes; shape \[2, 4\]"):
+        warmup_samples(config, tmp_path)
+    (tmp_path / "warmup" / "row.bin").write_bytes(np.arange(8, dtype="<f4").tobytes())
+    ((_, _, inputs),) = warmup_samples(config, tmp_path)
+    assert inputs["x"].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
