@@ -24,6 +24,9 @@ class Settings(BaseSettings):
         protected_namespaces=(),
     )
 
+    workers: str = "auto"
+    """Serving processes: ``auto`` (one per usable core on CPU, one per visible GPU on CUDA) or
+    a count. ``1`` is one process with no supervisor."""
     model_store: Path = Path("model_store")
     """Triton-layout model repository to serve (``<model>/config.pbtxt``, ``<model>/<version>/``)."""
     host: str = "127.0.0.1"
@@ -61,6 +64,25 @@ class Settings(BaseSettings):
     built-in pipeline of their ``capserve_task.json``; the archive's code itself is never run."""
     image_workers: int = Field(default_factory=_default_image_workers, ge=1)
     """Threads that decode and resize images for the image endpoints."""
+
+    # -- set by the supervisor for its worker processes, not by users ------------------------
+    worker_id: int = Field(default=-1, ge=-1)
+    """This process's worker number under a supervisor (-1: no supervisor)."""
+    worker_cores: int = Field(default=0, ge=0)
+    """Cores this worker may use for intra-op threads (0: every usable core)."""
+    archive_cache_dir: Path | None = None
+    """Folder where the store's ``.mar`` archives are already materialised (shared by the
+    workers and owned by the supervisor; None: this process extracts into its own)."""
+
+    # -- limits on what clients send (the hostile-input work adds its fields below) -----------
+
+    @field_validator("workers")
+    @classmethod
+    def _check_workers(cls, value: str) -> str:
+        value = str(value).strip().lower()
+        if value == "auto" or (value.isdigit() and 1 <= int(value) <= 256):
+            return value
+        raise ValueError(f"workers must be auto or a count from 1 to 256, got {value!r}")
 
     @field_validator("device")
     @classmethod

@@ -258,6 +258,7 @@ class TorchServeParts:
     archive_models: list[str]
     cache_dir: Path
     settings: Settings
+    owns_cache_dir: bool = True
 
     def grpc_hook(self, server: aio.Server) -> None:
         """Adds InferenceAPIsService and ManagementAPIsService to the gRPC server."""
@@ -276,7 +277,8 @@ class TorchServeParts:
 
     def close(self) -> None:
         self.pipelines.close()
-        shutil.rmtree(self.cache_dir, ignore_errors=True)
+        if self.owns_cache_dir:
+            shutil.rmtree(self.cache_dir, ignore_errors=True)
 
 
 def build_torchserve(service: InferenceService, settings: Settings,
@@ -288,7 +290,10 @@ def build_torchserve(service: InferenceService, settings: Settings,
     from serving.tasks.registry import TaskRegistry
     from serving.transport.management_http import create_management_app
 
-    cache_dir = Path(tempfile.mkdtemp(prefix="capserve-mar-"))
+    # Under a supervisor the archives are already materialised in its folder (made once, never
+    # raced by the workers); this process only reads them and must not remove the folder.
+    shared = settings.archive_cache_dir
+    cache_dir = shared if shared is not None else Path(tempfile.mkdtemp(prefix="capserve-mar-"))
     limits = ArchiveLimits()
     archives = []
     for name, model_dir in materialize_archives(Path(settings.model_store), cache_dir, limits,
@@ -302,4 +307,5 @@ def build_torchserve(service: InferenceService, settings: Settings,
     return TorchServeParts(
         pipelines=pipelines, store=store, routes=torchserve_routes(service, pipelines, settings),
         management_app=create_management_app(service, settings, store),
-        archive_models=archives, cache_dir=cache_dir, settings=settings)
+        archive_models=archives, cache_dir=cache_dir, settings=settings,
+        owns_cache_dir=shared is None)
