@@ -244,15 +244,17 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 
 
 def create_grpc_server(
-    service: InferenceService, gate: ModelControlGate, max_message_bytes: int
+    service: InferenceService, gate: ModelControlGate, max_message_bytes: int,
+    reuse_port: bool = False,
 ) -> tuple[aio.Server, Callable[[], None]]:
     """A grpc.aio server with the v2 and health services (the caller binds and starts it),
     and the function to call when draining begins (ends idle streams and health watches)."""
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        # Without this a second server could bind the same port and silently steal traffic.
-        ("grpc.so_reuseport", 0),
+        # Off, a second server could bind the same port and silently steal traffic; on only for
+        # the workers of one supervisor, which share the port it reserved.
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = aio.server(options=options)
     inference, health = InferenceServicer(service, gate), HealthServicer(service)
