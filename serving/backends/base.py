@@ -11,6 +11,22 @@ import numpy as np
 
 from serving.generated import model_config_pb2
 
+# Cores this process may use for intra-op threads; 0 means every usable core. A supervisor's
+# worker sets its share once at start, so N workers x threads never oversubscribe the machine.
+_core_budget = 0
+
+
+def set_core_budget(cores: int) -> None:
+    global _core_budget
+    _core_budget = max(0, cores)
+
+
+def usable_cores() -> int:
+    if _core_budget:
+        return _core_budget
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
 
 class Backend(Protocol):
     """One model instance. ``run`` is called from one executor thread at a time."""
@@ -65,12 +81,13 @@ class BackendSpec:
         raise ValueError(f"config parameter '{key}' must be true or false, got {value!r}")
 
     def intra_op_threads(self) -> int:
-        """Config ``intra_op_thread_count``, else the cores shared evenly by the instances."""
+        """Config ``intra_op_thread_count``, else the cores shared evenly by the instances; never
+        more than this process's core budget (its share when several worker processes serve)."""
+        cores = usable_cores()
         configured = self.int_parameter("intra_op_thread_count")
         if configured is not None and configured > 0:
-            return configured
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return max(1, (cores or 1) // max(1, self.instances))
+            return min(configured, cores) if _core_budget else configured
+        return max(1, cores // max(1, self.instances))
 
     def inter_op_threads(self) -> int:
         configured = self.int_parameter("inter_op_thread_count")
