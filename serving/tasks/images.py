@@ -2,7 +2,9 @@
 
 Pure functions (no event loop, no server state) so the server's pipelines and the TorchServe
 handler produce the same tensors. Every failure is an ``InvalidInput`` naming what was wrong, and
-an image with too many pixels is refused from its header, before any pixel is decoded.
+an image with too many pixels is refused before any pixel is decoded, by the size Pillow's decoder
+will produce (for a GIF, the first frame's real size, not the logical screen its header claims).
+Only the first frame of an animation is ever read: nothing here walks the frames.
 """
 
 from __future__ import annotations
@@ -43,33 +45,51 @@ def decode_image(data: bytes, max_pixels: int) -> Decoded:
         # larger images) here; our limit below is the one that applies. (No catch_warnings:
         # it is not thread-safe and this runs in a thread pool.)
         image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"image refused before decoding: {exc}") from None
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge(_bomb(max_pixels)) from None
     except Exception as exc:  # Pillow raises many types on hostile headers; all mean "bad image"
         raise InvalidInput(_unidentified(data, exc)) from None
     fmt = image.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
         raise InvalidInput(f"unsupported image format {fmt} (supported: {_FORMAT_NAMES})")
-    width, height = image.size
-    if width <= 0 or height <= 0:
-        raise InvalidInput(f"{fmt} image declares an empty size {width}x{height}")
+    width, height = decoded_size(image, fmt)
     if width * height > max_pixels:
         raise PayloadTooLarge(
             f"{fmt} image is {width}x{height} = {width * height} pixels, over the limit of "
             f"{max_pixels} pixels (max_image_pixels)")
     try:
-        if getattr(image, "n_frames", 1) > 1:
-            image.seek(0)  # animated GIF/WebP, multi-page TIFF: the first frame
+        # Image.open leaves animations (GIF, APNG, WebP, MPO) and multi-page TIFFs on their
+        # first frame; n_frames or seek would walk the others, so neither is ever called.
         image.load()
         upright: Image.Image = (ImageOps.exif_transpose(image) or image
                                 if _may_be_rotated(image, fmt) else image)
-    except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"image refused: {exc}") from None
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge(_bomb(max_pixels)) from None
     except Exception as exc:  # KeyError, struct.error, ... from corrupt files: all client errors
         raise InvalidInput(f"cannot decode {fmt} image ({width}x{height}, {len(data)} bytes): "
                            f"{str(exc) or type(exc).__name__}; the file is truncated or "
                            "corrupt") from None
     return Decoded(image=upright, width=upright.size[0], height=upright.size[1])
+
+
+def decoded_size(image: Image.Image, fmt: str) -> tuple[int, int]:
+    """(width, height) that decoding the current frame produces, as Pillow's decoder set it up
+    on open: for a GIF the first frame's own size when it is larger than the logical screen.
+    Where the decoder's tiles reach further than the size (a TIFF whose orientation swaps its
+    sides), the larger extent is what gets decoded, so that is the size returned."""
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InvalidInput(f"{fmt} image declares an empty size {width}x{height}")
+    for tile in getattr(image, "tile", None) or ():
+        width, height = max(width, int(tile[1][2])), max(height, int(tile[1][3]))
+    return width, height
+
+
+def _bomb(max_pixels: int) -> str:
+    # Pillow refuses at open time when the size is over twice its own limit, which the task
+    # registry keeps at or above ours: the image is therefore over max_image_pixels too.
+    return (f"image declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels, over the "
+            f"limit of {max_pixels} pixels (max_image_pixels); refused before decoding")
 
 
 # Where Pillow finds an orientation for these formats: EXIF, ImageMagick's PNG text chunk, XMP.
@@ -114,13 +134,7 @@ def to_color(image: Image.Image, color: str) -> Image.Image:
     """Convert any decoded mode (16-bit, float, palette, CMYK, alpha, 1-bit) to ``L`` or ``RGB``."""
     mode = image.mode
     if mode.startswith("I") or mode == "F":
-        # 16/32-bit and float greyscale: scale to 8 bits instead of clipping at 255.
-        arr = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        if mode == "F" and arr.max(initial=0) <= 1.0:
-            top = 1.0
-        grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
-        image = Image.fromarray(grey, mode="L")
+        image = Image.fromarray(_grey8(image), mode="L")
         mode = "L"
     if mode in ("P", "PA") or (mode in ("L", "RGB") and "transparency" in image.info):
         image = image.convert("RGBA")
@@ -133,6 +147,45 @@ def to_color(image: Image.Image, color: str) -> Image.Image:
         return image.convert("L")
     rgb = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBA, LA, 1 ...
     return rgb.convert("L") if color == "L" else rgb
+
+
+# Rows are converted in blocks of about this many pixels, so the temporaries of a 16-bit or float
+# image stay a few MB whatever its size (whole-image float64 arrays cost 8 bytes a pixel each).
+_BLOCK_PIXELS = 1 << 18
+
+
+def _grey8(image: Image.Image) -> np.ndarray:
+    """16/32-bit and float greyscale scaled to 8 bits (not clipped at 255): 16-bit data, or
+    integers over 255, span 0..65535; floats in 0..1 span 0..1. Pillow finds the extrema and
+    cuts the row blocks, so no whole-image copy is made beside the 8-bit result."""
+    mode, (width, height) = image.mode, image.size
+    extrema = image.getextrema()
+    top_value = float(extrema[1] if isinstance(extrema[1], int | float) else 0)
+    if mode == "F":
+        top = 1.0 if top_value <= 1.0 else 65535.0 if top_value > 255 else 255.0
+    else:
+        top = 65535.0 if mode.startswith("I;16") or top_value > 255 else 255.0
+    out = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, _BLOCK_PIXELS // max(1, width))
+    for start in range(0, height, rows):
+        stop = min(height, start + rows)
+        block = np.asarray(image.crop((0, start, width, stop)))
+        out[start:stop] = _block8(block, mode, top)
+    return out
+
+
+def _block8(block: np.ndarray, mode: str, top: float) -> np.ndarray:
+    if mode == "F":
+        scaled = block.astype(np.float32) * np.float32(255.0 / top)
+        np.rint(scaled, out=scaled)
+        return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
+    ints = np.clip(block.astype(np.int64 if block.dtype.itemsize > 2 else np.int32), 0,
+                   int(top))
+    if top > 255:
+        # round(x * 255 / 65535) exactly, in integers: x / 257, never a tie since 257 is odd.
+        ints += 128
+        ints //= 257
+    return ints.astype(np.uint8)
 
 
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in fed-image pixels
@@ -231,13 +284,11 @@ INLINE_MAX_PIXELS = 128 * 128
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) read straight from a PNG, GIF or BMP header; None for other formats.
-    Only a hint for where to decode: the real decode checks everything again."""
+    """(width, height) read straight from a PNG or BMP header, whose decoders produce exactly
+    that size; None for other formats. (A GIF's header is only its logical screen: its frames
+    may be far larger, so GIFs are sized by Pillow's decoder instead.)"""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
         w, h = struct.unpack(">II", data[16:24])
-        return w, h
-    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
-        w, h = struct.unpack("<HH", data[6:10])
         return w, h
     if data[:2] == b"BM" and len(data) >= 26:
         w, h = struct.unpack("<ii", data[18:26])
@@ -246,15 +297,17 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
 
 
 def is_small_image(data: bytes) -> bool:
-    """True when ``data`` is a small image by its header (cheap enough to decode anywhere)."""
+    """True when ``data`` is a small image: at most INLINE_MAX_BYTES and, by the size its
+    decoder will produce, INLINE_MAX_PIXELS. Both bounds are the server's, not the client's, so
+    decoding such an image anywhere (even on the event loop) costs tens of microseconds."""
     if len(data) > INLINE_MAX_BYTES:
         return False
     size = _header_size(data)
     if size is not None:
         return size[0] * size[1] <= INLINE_MAX_PIXELS
     try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            width, height = image.size
+        with Image.open(io.BytesIO(data)) as image:  # the header and first frame descriptor
+            width, height = decoded_size(image, image.format or "unknown")
     except Exception:  # the real decode reports what is wrong, off the loop
         return False
     return width * height <= INLINE_MAX_PIXELS
