@@ -18,6 +18,8 @@ from typing import Any
 
 _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--model-store", {"help": "model repository directory (default model_store)"}),
+    ("--workers", {"help": "serving processes: auto (one per core on CPU, one per GPU on "
+                           "CUDA) or a count; 1 runs one process without a supervisor"}),
     ("--host", {"help": "address every listener binds (default 127.0.0.1)"}),
     ("--http-port", {"type": int, "help": "KServe v2 / TorchServe inference HTTP port (8000)"}),
     ("--grpc-port", {"type": int, "help": "gRPC port (8001)"}),
@@ -112,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"capserve: model store {settings.model_store} is not a directory "
               "(build one with `make store`)", file=sys.stderr)
         return 2
+    from serving.workers.supervisor import resolve_workers
+
+    workers = resolve_workers(settings)
+    if workers > 1:
+        from serving.workers.supervisor import run_supervisor
+
+        configure_logging(settings.log_format, settings.log_level, "supervisor")
+        return run_supervisor(settings, workers)
     configure_logging(settings.log_format, settings.log_level)
     try:
         import uvloop

@@ -22,8 +22,13 @@ def new_request_id() -> str:
 
 
 class _RequestIdFilter(logging.Filter):
+    def __init__(self, process: str = "") -> None:
+        super().__init__()
+        self._process = process
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
+        record.process_role = self._process
         return True
 
 
@@ -39,6 +44,9 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", "")
         if request_id:
             doc["request_id"] = request_id
+        role = getattr(record, "process_role", "")
+        if role:
+            doc["process"] = role
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, ensure_ascii=False)
@@ -50,14 +58,19 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
+        role = getattr(record, "process_role", "")
+        if role:
+            line = f"[{role}] {line}"
         request_id = getattr(record, "request_id", "")
         return f"{line} [request {request_id}]" if request_id else line
 
 
-def configure_logging(log_format: str = "text", level: str | int = "INFO") -> None:
-    """Route every logger (ours, uvicorn's, grpc's) to stderr in the chosen format."""
+def configure_logging(log_format: str = "text", level: str | int = "INFO",
+                      process: str = "") -> None:
+    """Route every logger (ours, uvicorn's, grpc's) to stderr in the chosen format; ``process``
+    names the supervisor or worker on every line when several processes share one log."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_RequestIdFilter())
+    handler.addFilter(_RequestIdFilter(process))
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):

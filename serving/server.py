@@ -11,16 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import uvicorn
 from grpc import aio
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.core.metrics import Metrics
 from serving.core.repository import ModelRepository
@@ -29,55 +27,12 @@ from serving.settings import Settings
 from serving.transport.auth import ModelControlGate
 from serving.transport.grpc_service import create_grpc_server
 from serving.transport.http_app import create_http_app
+from serving.transport.http_listener import HttpListener, Listener
 from serving.transport.metrics_http import create_metrics_app
 
 logger = logging.getLogger(__name__)
 
 SERVER_VERSION = "0.1.0"
-
-
-@dataclass(frozen=True, slots=True)
-class Listener:
-    kind: str  # "HTTP", "gRPC", "metrics", "management"
-    url: str
-
-
-class _HttpListener:
-    """One uvicorn server driven from our own loop, so the signal handling stays ours."""
-
-    def __init__(self, kind: str, app: ASGIApp, host: str, port: int, grace_s: float) -> None:
-        self.kind = kind
-        config = uvicorn.Config(
-            app, host=host, port=port, http="httptools", loop="none", lifespan="off",
-            log_config=None, access_log=False, timeout_graceful_shutdown=math.ceil(grace_s),
-            proxy_headers=False,
-            server_header=False,
-        )
-        self.server = uvicorn.Server(config)
-        self._ticker: asyncio.Task[None] | None = None
-
-    async def start(self) -> Listener:
-        config = self.server.config
-        if not config.loaded:
-            config.load()
-        self.server.lifespan = config.lifespan_class(config)
-        await self.server.startup()
-        if not self.server.started:
-            raise OSError(f"{self.kind} listener could not bind {config.host}:{config.port}")
-        # main_loop keeps the Date header fresh; it returns once should_exit is set.
-        self._ticker = asyncio.create_task(self.server.main_loop())
-        sock = self.server.servers[0].sockets[0]
-        host, port = sock.getsockname()[:2]
-        return Listener(self.kind, f"http://{host}:{port}")
-
-    async def stop(self) -> None:
-        """Stop accepting, close idle connections, wait for in-flight requests (up to the grace)."""
-        if self._ticker is None:
-            return
-        self.server.should_exit = True
-        await self._ticker
-        self._ticker = None
-        await self.server.shutdown()
 
 
 @dataclass
@@ -133,18 +88,26 @@ class Server:
             logger.warning("model control is enabled without --api-token-file: anyone who can "
                            "reach the server can load and unload models")
         grace = settings.shutdown_grace_seconds
-        http_app = create_http_app(service, settings, extensions.http_routes, gate=gate)
-        self._http = _HttpListener("HTTP", http_app, settings.host, settings.http_port, grace)
-        self._metrics = _HttpListener(
-            "metrics", create_metrics_app(exposition or (lambda: generate_latest(registry))), settings.host, settings.metrics_port, grace
+        # A worker of a supervisor shares its ports with the other workers and leaves /metrics
+        # to the supervisor, which adds up every worker's exposition.
+        worker = settings.worker_id >= 0
+        self.exposition = exposition or (lambda: generate_latest(registry))
+        http_app: ASGIApp = create_http_app(service, settings, extensions.http_routes, gate=gate)
+        if worker:
+            http_app = WorkerHeader(http_app, settings.worker_id)
+        self._http = HttpListener("HTTP", http_app, settings.host, settings.http_port, grace,
+                                  reuse_port=worker)
+        self._metrics = None if worker else HttpListener(
+            "metrics", create_metrics_app(self.exposition), settings.host, settings.metrics_port,
+            grace,
         )
         self._management = (
-            _HttpListener("management", extensions.management_app, settings.management_host,
-                          settings.management_port, grace)
+            HttpListener("management", extensions.management_app, settings.management_host,
+                         settings.management_port, grace, reuse_port=worker)
             if extensions.management_app is not None else None
         )
         self._grpc, self._grpc_begin_shutdown = create_grpc_server(
-            service, gate, settings.grpc_max_message_bytes
+            service, gate, settings.grpc_max_message_bytes, reuse_port=worker
         )
         for hook in extensions.grpc_hooks:
             hook(self._grpc)
@@ -165,7 +128,8 @@ class Server:
         self._grpc_started = True
         grpc_host = s.host if ":" not in s.host else f"[{s.host}]"
         self.listeners = [await self._http.start(), Listener("gRPC", f"{grpc_host}:{port}")]
-        self.listeners.append(await self._metrics.start())
+        if self._metrics is not None:
+            self.listeners.append(await self._metrics.start())
         if self._management is not None:
             self.listeners.append(await self._management.start())
 
@@ -210,17 +174,42 @@ class Server:
             except Exception:
                 logger.exception("error while closing an extension")
         # Metrics last: a scraper can watch the drain until the very end.
-        with contextlib.suppress(Exception):
-            await self._metrics.stop()
+        if self._metrics is not None:
+            with contextlib.suppress(Exception):
+                await self._metrics.stop()
         logger.info("stopped")
 
 
-def build_server(settings: Settings, extensions: Extensions | None = None) -> Server:
+class WorkerHeader:
+    """Names the worker process that answered in a ``capserve-worker`` response header, so an
+    operator (and the tests) can see how connections spread over the workers."""
+
+    def __init__(self, app: ASGIApp, worker_id: int) -> None:
+        self._app = app
+        self._header = (b"capserve-worker", str(worker_id).encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), self._header]
+            await send(message)
+
+        await self._app(scope, receive, tagged)
+
+
+def build_server(
+    settings: Settings, extensions: Extensions | None = None,
+    service_class: type[InferenceService] = InferenceService,
+) -> Server:
     """Create the registry, metrics, repository, core service and the transports (binds nothing)."""
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     repository = ModelRepository(settings.model_store, device=settings.device)
-    service = InferenceService(repository, metrics, server_version=SERVER_VERSION)
+    service = service_class(repository, metrics, server_version=SERVER_VERSION)
     if extensions is None:
         extensions = default_extensions(service, settings, repository)
     return Server(settings, service, registry, extensions, exposition=metrics.exposition)

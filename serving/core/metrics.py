@@ -40,6 +40,11 @@ def _plain(match: re.Match[bytes]) -> bytes:
     return match.group(0)
 
 
+def plain_numbers(text: bytes) -> bytes:
+    """A text exposition with integral values spelled out instead of in exponent form."""
+    return _EXPONENT.sub(_plain, text)
+
+
 class _TorchServeTotals(Collector):
     """TorchServe's per-model inference totals under their TorchServe names and labels, so
     dashboards and alerts written against TorchServe keep working after the switch.
@@ -210,7 +215,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text format of the registry, integral values without exponents."""
-        return _EXPONENT.sub(_plain, generate_latest(self.registry))
+        return plain_numbers(generate_latest(self.registry))
 
     def close(self) -> None:
         if self._gpu is not None:

@@ -8,9 +8,11 @@ Per failed request: ``fail``. Per execution: ``execution_count`` and ``batch_sta
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -109,3 +111,55 @@ class StatsRecorder:
                     for _, b in sorted(self._batches.items())
                 ],
             )
+
+
+def stats_to_dict(stats: ModelStats) -> dict[str, Any]:
+    return dataclasses.asdict(stats)
+
+
+def stats_from_dict(doc: dict[str, Any]) -> ModelStats:
+    def duration(key: str, src: dict[str, Any]) -> StatDuration:
+        part = src.get(key) or {}
+        return StatDuration(int(part.get("count", 0)), int(part.get("ns", 0)))
+
+    return ModelStats(
+        name=str(doc["name"]), version=str(doc["version"]),
+        last_inference=int(doc.get("last_inference", 0)),
+        inference_count=int(doc.get("inference_count", 0)),
+        execution_count=int(doc.get("execution_count", 0)),
+        **{key: duration(key, doc) for key in _DURATIONS},
+        batch_stats=[
+            BatchStat(int(b["batch_size"]), *(duration(k, b) for k in _BATCH_DURATIONS))
+            for b in doc.get("batch_stats", [])
+        ],
+    )
+
+
+_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output",
+              "cache_hit", "cache_miss")
+_BATCH_DURATIONS = ("compute_input", "compute_infer", "compute_output")
+
+
+def _sum(durations: list[StatDuration]) -> StatDuration:
+    return StatDuration(sum(d.count for d in durations), sum(d.ns for d in durations))
+
+
+def merge_stats(parts: list[ModelStats]) -> ModelStats:
+    """One version's statistics over several worker processes: counts and durations add up,
+    ``last_inference`` is the latest, batch statistics add per batch size."""
+    first = parts[0]
+    batches: dict[int, list[BatchStat]] = {}
+    for part in parts:
+        for b in part.batch_stats:
+            batches.setdefault(b.batch_size, []).append(b)
+    return ModelStats(
+        name=first.name, version=first.version,
+        last_inference=max(p.last_inference for p in parts),
+        inference_count=sum(p.inference_count for p in parts),
+        execution_count=sum(p.execution_count for p in parts),
+        **{key: _sum([getattr(p, key) for p in parts]) for key in _DURATIONS},
+        batch_stats=[
+            BatchStat(size, *(_sum([getattr(b, k) for b in group]) for k in _BATCH_DURATIONS))
+            for size, group in sorted(batches.items())
+        ],
+    )

@@ -1,0 +1,255 @@
+"""One worker process of a supervisor (``python -m serving.workers.worker``).
+
+A worker is a whole server (its own batchers and backends) whose HTTP, gRPC and management
+listeners share their ports with the other workers (``SO_REUSEPORT``). What must look the same
+whichever worker answers goes through the supervisor:
+
+- model control (load, unload, scale, default version) is sent to the supervisor, which applies
+  it on every worker before the client gets its answer;
+- statistics add up over the workers;
+- readiness is this worker's own and the supervisor's "every worker is ready".
+
+A worker of the first generation opens its listeners before loading (liveness answers while
+the store loads, readiness stays false); a replacement opens them only once it serves the same
+models as the others, so no client ever reaches a worker that is still loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from serving.backends.base import set_core_budget
+from serving.core.service import InferenceService
+from serving.core.stats import ModelStats, merge_stats, stats_from_dict, stats_to_dict
+from serving.errors import InvalidInput, ServerNotReady
+from serving.settings import Settings
+from serving.workers import BIND_FIRST_ENV, SETTINGS_ENV, SOCKET_ENV
+from serving.workers.channel import Channel, ChannelClosed, open_channel
+
+if TYPE_CHECKING:
+    from serving.server import Server
+
+logger = logging.getLogger("serving.worker")
+
+CONTROL_TIMEOUT_S = 600.0  # a load of every worker may take minutes on a big model
+
+
+class WorkerService(InferenceService):
+    """The core of one worker: model control and statistics span every worker."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._link: Channel | None = None
+        self._local_only = False
+        self._cluster_ready = False
+
+    def link(self, channel: Channel) -> None:
+        self._link = channel
+
+    def set_cluster_ready(self, ready: bool) -> None:
+        self._cluster_ready = ready
+
+    def server_ready(self) -> bool:
+        return self._cluster_ready and super().server_ready()
+
+    async def start(self) -> None:
+        # The initial load of the store is this worker's own: every worker loads the same store.
+        self._local_only = True
+        try:
+            await super().start()
+        finally:
+            self._local_only = False
+
+    # -- model control: through the supervisor, applied on every worker ----------------------
+
+    def locally_ready(self) -> bool:
+        return super().server_ready()
+
+    async def load_model(self, name: str) -> None:
+        if self._local_only:
+            if self._link is not None:  # a worker that dies now is reported with this model
+                await self._link.notify("loading", model=name)
+            await super().load_model(name)
+            return
+        if name not in self._repo.names():
+            self._repo.scan()
+        model_dir = str(self._repo.entry(name).model_dir) if name in self._repo.names() else ""
+        await self._control("load", name=name, model_dir=model_dir)
+
+    async def unload_model(self, name: str) -> None:
+        self._repo.entry(name)  # an unknown model is this worker's 404, as in one process
+        await self._control("unload", name=name)
+
+    async def scale_model(self, name: str, version: str, instances: int) -> None:
+        if instances < 1:
+            raise InvalidInput(f"instances must be >= 1, got {instances}")
+        previous = self._repo.resolve(name, version).batcher.instances
+        await self._control("scale", name=name, version=version, instances=instances,
+                            previous=previous)
+
+    async def set_default(self, name: str, version: str) -> None:
+        self._repo.resolve(name, version)  # refuse an unknown version here, before the fan-out
+        await self._control("set_default", name=name, version=version)
+
+    async def _control(self, op: str, **params: Any) -> None:
+        if self._link is None or self._link.closed:
+            raise ServerNotReady("Server is not ready: model control waits for every worker "
+                                 "to start")
+        await self._link.call("control", timeout=CONTROL_TIMEOUT_S, op=op, params=params)
+
+    async def apply(self, op: str, params: dict[str, Any]) -> None:
+        """Apply one model-control operation to this worker only (the supervisor's fan-out)."""
+        name = str(params["name"])
+        if op == "load":
+            if params.get("model_dir"):
+                self._repo.add_model_dir(name, Path(params["model_dir"]))
+            await InferenceService.load_model(self, name)
+        elif op == "unload":
+            await InferenceService.unload_model(self, name)
+        elif op == "scale":
+            await InferenceService.scale_model(self, name, str(params["version"]),
+                                               int(params["instances"]))
+        elif op == "set_default":
+            InferenceService.set_default_version(self, name, str(params["version"]))
+        else:
+            raise InvalidInput(f"unknown control operation '{op}'")
+
+    # -- statistics: every worker's counts ----------------------------------------------------
+
+    async def gather_statistics(self, name: str = "", version: str = "") -> list[ModelStats]:
+        local = self.model_statistics(name, version)  # this worker's errors for bad names
+        if self._link is None or self._link.closed:
+            return local
+        others = await self._link.call("gather", timeout=30.0, what="statistics",
+                                       params={"name": name, "version": version})
+        parts: dict[tuple[str, str], list[ModelStats]] = {}
+        for stats in [*local, *(stats_from_dict(d) for rows in others for d in rows)]:
+            parts.setdefault((stats.name, stats.version), []).append(stats)
+        return [merge_stats(parts[key]) for key in ((s.name, s.version) for s in local)]
+
+    def local_statistics(self, name: str, version: str) -> list[dict[str, Any]]:
+        try:
+            return [stats_to_dict(s) for s in self.model_statistics(name, version)]
+        except Exception:  # a version this worker has not loaded yet counts nothing
+            return []
+
+
+async def _handle(server: Server, service: WorkerService, method: str,
+                  params: dict[str, Any]) -> Any:
+    """Calls from the supervisor."""
+    if method == "apply":
+        await service.apply(str(params["op"]), dict(params["params"]))
+        return None
+    if method == "replay":  # a replacement catches up with the others, then opens its ports
+        for entry in params["ops"]:
+            await service.apply(str(entry["op"]), dict(entry["params"]))
+        await _open(server)
+        return service.locally_ready()
+    if method == "cluster_ready":
+        service.set_cluster_ready(bool(params["ready"]))
+        return None
+    if method == "statistics":
+        return service.local_statistics(str(params.get("name", "")),
+                                        str(params.get("version", "")))
+    if method == "metrics":
+        return (await asyncio.to_thread(server.exposition)).decode()
+    raise InvalidInput(f"unknown supervisor call '{method}'")
+
+
+async def _open(server: Server) -> None:
+    if not server.listeners:
+        await server.open_listeners()
+
+
+async def run(settings: Settings, socket_path: str, bind_first: bool) -> int:
+    from serving.server import build_server
+
+    set_core_budget(settings.worker_cores)
+    server = build_server(settings, service_class=WorkerService)
+    service = server.service
+    assert isinstance(service, WorkerService)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            os._exit(1)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    async def handler(method: str, params: dict[str, Any]) -> Any:
+        return await _handle(server, service, method, params)
+
+    channel = await open_channel(socket_path, handler)
+    service.link(channel)
+    code = 0
+    try:
+        await channel.notify("hello", worker=settings.worker_id, pid=os.getpid())
+        if bind_first:
+            await server.open_listeners()
+            await channel.notify("listening")
+        load = asyncio.create_task(_load(server, channel))
+        ended = asyncio.create_task(_first(stop.wait(), channel.wait_closed()))
+        await asyncio.wait({load, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if not load.done():
+            load.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await load
+        else:
+            load.result()
+            await ended
+        if channel.closed and not stop.is_set():
+            logger.error("the supervisor is gone; worker %d stops", settings.worker_id)
+    except OSError as exc:
+        logger.error("worker %d cannot start: %s", settings.worker_id, exc)
+        code = 1
+    finally:
+        service.set_cluster_ready(False)
+        await server.stop()
+        await channel.close()
+    return code
+
+
+async def _first(*waits: Any) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _load(server: Server, channel: Channel) -> None:
+    await server.service.start()
+    with contextlib.suppress(ChannelClosed):
+        await channel.notify("loaded", failures=server.service.load_failures())
+
+
+def main() -> int:
+    from serving.logs import configure_logging
+
+    settings = Settings(**json.loads(os.environ[SETTINGS_ENV]))
+    configure_logging(settings.log_format, settings.log_level, f"worker {settings.worker_id}")
+    bind_first = os.environ.get(BIND_FIRST_ENV) == "1"
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(run(settings, os.environ[SOCKET_ENV], bind_first))
+    return uvloop.run(run(settings, os.environ[SOCKET_ENV], bind_first))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
