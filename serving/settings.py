@@ -75,6 +75,42 @@ class Settings(BaseSettings):
     workers and owned by the supervisor; None: this process extracts into its own)."""
 
     # -- limits on what clients send (the hostile-input work adds its fields below) -----------
+    default_max_queue_size: int = Field(default=0, ge=0)
+    """Queue bound of a model whose config sets no ``max_queue_size``; 0: automatic, 4 x
+    max_batch_size x instances within [64, 1024]. A full queue answers 503/UNAVAILABLE at once."""
+    default_queue_timeout_seconds: float = Field(default=30.0, ge=0)
+    """Longest a request waits in a queue whose config sets no ``default_timeout_microseconds``
+    (then 503/UNAVAILABLE "Request timeout expired"); 0: no default timeout."""
+    execution_timeout_seconds: float = Field(default=60.0, ge=0)
+    """A batch running longer fails its requests (503) and its instance counts as stuck: server
+    liveness and readiness are false until the call returns; 0: no execution watchdog."""
+    model_load_timeout_seconds: float = Field(default=600.0, gt=0)
+    """Longest a model version may take to load (backends and warm-up); then it is UNAVAILABLE."""
+    model_close_timeout_seconds: float = Field(default=30.0, ge=0)
+    """Longest an unloaded or replaced version may take to finish its requests; then they fail
+    and its threads are abandoned (logged)."""
+    max_model_instances: int = Field(default=16, ge=1, le=256)
+    """Most instances one model version may run (``instance_group`` count, management scale)."""
+    grpc_stream_max_inflight: int = Field(default=64, ge=1)
+    """Requests of one ModelStreamInfer stream in flight at once; the stream is not read further
+    until one is answered (backpressure)."""
+    management_allowed_hosts: str = ""
+    """Comma-separated extra ``Host`` header values the management API accepts (``name`` or
+    ``name:port``). A loopback-bound management API accepts only loopback names by default."""
+    max_tensor_dims: int = Field(default=16, ge=1, le=64)
+    """Most dimensions an input tensor of a v2 inference request may have (HTTP and gRPC)."""
+    max_request_elements: int = Field(default=4 * 1024 * 1024, gt=0)
+    """Most tensor elements one v2 inference request may carry, all inputs together, checked
+    from the shapes before any data is decoded (4M: a batch of 5 RGB 512x512 images, or a
+    2048x2048 single-channel one). Bounds what variable (-1) dims let a client ask a model to
+    compute; 400/INVALID_ARGUMENT naming the input otherwise."""
+    max_request_string_elements: int = Field(default=64 * 1024, gt=0)
+    """Most BYTES elements one v2 inference request may carry; each becomes a Python object
+    decoded one at a time, so this is far below ``max_request_elements``."""
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """Largest v2 HTTP inference response body (before compression), in bytes; over it the
+    request fails with 400 naming this setting. gRPC answers are bounded by
+    ``grpc_max_message_bytes``."""
 
     @field_validator("workers")
     @classmethod

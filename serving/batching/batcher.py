@@ -29,6 +29,13 @@ work runs in executor threads, except CPU batches measured faster than the threa
 (``inline_below_s``; see ``docs/batching.md``), which run on the event loop; stacking and splitting are numpy calls;
 after a run every output's dim 0 must equal the batch size, else every request of that batch fails
 with ``BackendError``.
+
+Watchdogs: a batch still running after ``execution_timeout_s`` fails its requests
+(``RequestTimeout``, UNAVAILABLE) and its instance is *stuck*: it takes no work until the call
+returns, and :attr:`DynamicBatcher.stuck` counts it (the service turns that into liveness and
+readiness). ``close`` waits a bounded time, then fails what still runs and abandons the threads
+(they are daemons, so a call that never returns cannot keep the process alive). Client-facing
+errors of a failing backend are generic and carry the request id; the detail goes to the log.
 """
 
 from __future__ import annotations
@@ -38,13 +45,13 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 from serving.batching.clock import Clock, MonotonicClock, TimerHandle
 from serving.batching.collate import Arrays, Executed, Runner, execute
 from serving.batching.policy import BatchPolicy
+from serving.batching.workers import InstanceWorker
 from serving.errors import (
     BackendError,
     InvalidInput,
@@ -53,9 +60,9 @@ from serving.errors import (
     RequestTimeout,
     ServingError,
 )
+from serving.logs import request_id_var
 
 logger = logging.getLogger(__name__)
-
 
 
 class BatchObserver(Protocol):
@@ -96,6 +103,18 @@ class _Pending:
     state: _State = _State.QUEUED
     timer: TimerHandle | None = None
     dispatched: float = 0.0
+    request_id: str = ""
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    """One batch on one instance; ``abandoned`` once a watchdog or close answered for it."""
+
+    instance: int
+    batch: list[_Pending]
+    started: float
+    watchdog: TimerHandle | None = None
+    abandoned: bool = False
 
 
 def _shape_key(inputs: Arrays, batched: bool) -> tuple[object, ...]:
@@ -113,6 +132,7 @@ class DynamicBatcher:
         observer: BatchObserver | None = None,
         name: str = "model",
         inline_below_s: float = 0.0,
+        execution_timeout_s: float = 0.0,
     ) -> None:
         if not runners:
             raise ValueError("a batcher needs at least one runner (model instance)")
@@ -125,7 +145,10 @@ class DynamicBatcher:
         self._counts = [0] * policy.levels
         self._free = list(range(len(runners)))[::-1]  # pop() takes instance 0 first
         self._running = 0
-        self._pool = ThreadPoolExecutor(len(runners), thread_name_prefix=f"infer-{name}")
+        self._workers = [InstanceWorker(f"infer-{name}-{i}") for i in range(len(runners))]
+        self._execution_timeout_s = execution_timeout_s  # 0 = no watchdog
+        self._runs: set[_Run] = set()
+        self._stuck: dict[int, float] = {}  # instance -> when its run started
         self._delay_timer: TimerHandle | None = None
         self._delay_deadline = 0.0
         self._closed = False
@@ -140,7 +163,7 @@ class DynamicBatcher:
         # turns slow (bigger batches, a busy machine) goes back to the executor threads.
         self._inline_below_s = inline_below_s
         self._run_s = float("inf")
-        self._runs = 0
+        self._run_count = 0
 
     @property
     def policy(self) -> BatchPolicy:
@@ -158,6 +181,16 @@ class DynamicBatcher:
     @property
     def instances(self) -> int:
         return len(self._runners)
+
+    @property
+    def busy_threads(self) -> int:
+        """Instances with a call in progress, answered or not (abandoned calls included)."""
+        return len(self._runs)
+
+    @property
+    def stuck(self) -> int:
+        """Instances whose run outlived the execution timeout and has not returned yet."""
+        return len(self._stuck)
 
     async def submit(
         self, inputs: Arrays, batch_size: int, *, priority: int = 0, timeout_us: int = 0
@@ -195,6 +228,7 @@ class DynamicBatcher:
             level=level,
             enqueued=now,
             future=asyncio.get_running_loop().create_future(),
+            request_id=request_id_var.get(),
         )
         if timeout:
             pending.timer = self._clock.call_at(
@@ -332,6 +366,8 @@ class DynamicBatcher:
         self._pending_changed(-len(batch))
         instance = self._free.pop()
         self._running += len(batch)
+        run = _Run(instance, batch, now)
+        self._runs.add(run)
         loop = asyncio.get_running_loop()
         sizes = [p.batch_size for p in batch] if self._policy.max_batch_size > 0 else None
         if self._run_s < self._inline_below_s and len(self._runners) == 1:
@@ -342,17 +378,55 @@ class DynamicBatcher:
             except Exception as exc:
                 done.set_exception(exc)
             # Completion goes through the loop, so back-to-back inline batches never recurse.
-            loop.call_soon(self._finished, instance, batch, done)
+            loop.call_soon(self._finished, run, done)
             return
-        fut = loop.run_in_executor(
-            self._pool, execute, self._runners[instance], [p.inputs for p in batch], sizes,
+        if self._execution_timeout_s > 0:
+            run.watchdog = self._clock.call_at(now + self._execution_timeout_s,
+                                               lambda: self._overran(run))
+        fut = asyncio.wrap_future(self._workers[instance].submit(
+            execute, self._runners[instance], [p.inputs for p in batch], sizes,
             self._clock.now, self._name,
-        )
-        fut.add_done_callback(lambda f: self._finished(instance, batch, f))
+        ))
+        fut.add_done_callback(lambda f: self._finished(run, f))
 
-    def _finished(self, instance: int, batch: list[_Pending], fut: asyncio.Future[Executed]) -> None:
+    def _overran(self, run: _Run) -> None:
+        """Watchdog: the run outlived the execution timeout; answer its requests now."""
+        if run.abandoned or run not in self._runs:
+            return
+        self._stuck[run.instance] = run.started
+        logger.error("model '%s' instance %d: a batch of %d has run for more than %.1f s; its "
+                     "requests fail and the instance takes no work until the call returns",
+                     self._name, run.instance, len(run.batch), self._execution_timeout_s)
+        self._abandon(run, RequestTimeout(
+            f"model '{self._name}' did not finish within the execution timeout of "
+            f"{self._execution_timeout_s:g} s"))
+
+    def _abandon(self, run: _Run, error: ServingError) -> None:
+        run.abandoned = True
+        self._running -= len(run.batch)
+        for p in run.batch:
+            p.state = _State.DONE
+            if not p.future.done():
+                p.future.set_exception(error)
+        self._check_idle()
+
+    def _backend_failure(self, p: _Pending) -> BackendError:
+        """What the client sees of a backend exception: never its text (it can hold paths)."""
+        rid = f" (request id {p.request_id})" if p.request_id else ""
+        return BackendError(f"inference failed on model '{self._name}'; see the server log{rid}")
+
+    def _finished(self, run: _Run, fut: asyncio.Future[Executed]) -> None:
+        instance, batch = run.instance, run.batch
+        self._runs.discard(run)
+        if run.watchdog is not None:
+            run.watchdog.cancel()
         try:
             self._free.append(instance)
+            if run.abandoned:  # its requests were answered already; the instance is usable again
+                if self._stuck.pop(instance, None) is not None:
+                    logger.warning("model '%s' instance %d returned after its execution timeout",
+                                   self._name, instance)
+                return
             self._running -= len(batch)
             error: ServingError | None = None
             timings: Executed | None = None
@@ -360,16 +434,17 @@ class DynamicBatcher:
                 timings = fut.result()
             except ServingError as exc:
                 error = exc
-            except (Exception, asyncio.CancelledError) as exc:
-                logger.exception("model '%s' failed on a batch of %d", self._name, len(batch))
-                error = BackendError(f"model '{self._name}' failed: {exc}")
+            except (Exception, asyncio.CancelledError):
+                ids = ", ".join(p.request_id for p in batch if p.request_id) or "-"
+                logger.exception("model '%s' failed on a batch of %d (request ids: %s)",
+                                 self._name, len(batch), ids)
             size = sum(p.batch_size for p in batch)
             for i, p in enumerate(batch):
                 p.state = _State.DONE
                 if p.future.done():  # the caller went away meanwhile
                     continue
                 if timings is None:
-                    p.future.set_exception(error or BackendError("model execution failed"))
+                    p.future.set_exception(error or self._backend_failure(p))
                 else:
                     p.future.set_result(BatchResult(
                         outputs=timings.outputs[i],
@@ -381,8 +456,8 @@ class DynamicBatcher:
                     ))
             if timings is not None:
                 total = timings.compute_input_s + timings.compute_infer_s + timings.compute_output_s
-                self._runs += 1
-                self._run_s = total if self._runs == 1 else 0.8 * self._run_s + 0.2 * total
+                self._run_count += 1
+                self._run_s = total if self._run_count == 1 else 0.8 * self._run_s + 0.2 * total
             if timings is not None and self._observer is not None:
                 self._observer.execution_finished(
                     size, timings.compute_input_s, timings.compute_infer_s,
@@ -412,11 +487,26 @@ class DynamicBatcher:
         """Wait until nothing is queued or running."""
         await self._idle.wait()
 
-    async def close(self) -> None:
-        """Refuse new work, fail what is still queued, wait for running batches, stop threads."""
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Refuse new work, fail what is still queued, wait for running batches (at most
+        ``timeout_s``; None = no bound), stop the threads.
+
+        Past the bound, running requests fail with ``ModelNotReady`` and their threads are
+        abandoned: they end when their call returns, and never hold the process.
+        """
         self._closed = True
         if self._delay_timer is not None:
             self._delay_timer.cancel()
         self._fail_queued(ModelNotReady(f"model '{self._name}' was unloaded"))
-        await self._idle.wait()
-        self._pool.shutdown(wait=False)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+        except TimeoutError:
+            running = [r for r in self._runs if not r.abandoned]
+            logger.error("model '%s': %d batches still running %.1f s after close; failing their "
+                         "requests and abandoning their threads", self._name, len(running),
+                         timeout_s or 0.0)
+            for run in running:
+                self._abandon(run, ModelNotReady(f"model '{self._name}' was unloaded while "
+                                                 "running the request"))
+        for worker in self._workers:
+            worker.stop()

@@ -60,6 +60,43 @@ class BatchPolicy:
         return self.level_policies.get(level_index + 1, self.default_queue_policy)
 
 
+@dataclass(frozen=True, slots=True)
+class QueueDefaults:
+    """Queue bound and timeout for configs that set none (Triton's default is unbounded and
+    no timeout, so an overloaded model would queue without limit and answer nothing quickly).
+
+    ``max_queue_size`` 0 means automatic: ``slots_per_batch`` x ``max_batch_size`` (1 for a
+    model without batching) x instances, kept within ``[min_queue_size, max_queue_size_cap]``;
+    a cap of 0 turns the automatic bound off (unbounded, as Triton).
+    """
+
+    max_queue_size: int = 0
+    slots_per_batch: int = 4
+    min_queue_size: int = 64
+    max_queue_size_cap: int = 1024
+    timeout_us: int = 30_000_000  # 0 = no default timeout
+
+    def queue_size(self, max_batch_size: int, instances: int) -> int:
+        if self.max_queue_size > 0:
+            return self.max_queue_size
+        if self.max_queue_size_cap <= 0:
+            return 0
+        wanted = self.slots_per_batch * max(1, max_batch_size) * max(1, instances)
+        return max(self.min_queue_size, min(self.max_queue_size_cap, wanted))
+
+    def fill(self, policy: QueuePolicy, max_batch_size: int, instances: int) -> QueuePolicy:
+        """``policy`` with its unset fields (0; proto3 cannot tell unset from 0) defaulted."""
+        return QueuePolicy(
+            max_queue_size=policy.max_queue_size or self.queue_size(max_batch_size, instances),
+            default_timeout_us=policy.default_timeout_us or self.timeout_us,
+            allow_timeout_override=policy.allow_timeout_override,
+        )
+
+
+# Triton's own defaults: no bound, no timeout.
+_TRITON = QueueDefaults(max_queue_size=0, min_queue_size=0, max_queue_size_cap=0, timeout_us=0)
+
+
 def _queue_policy(msg: model_config_pb2.ModelQueuePolicy) -> QueuePolicy:
     if msg.timeout_action == model_config_pb2.ModelQueuePolicy.DELAY:
         logger.warning("queue policy timeout_action DELAY is not supported; requests are rejected")
@@ -70,13 +107,22 @@ def _queue_policy(msg: model_config_pb2.ModelQueuePolicy) -> QueuePolicy:
     )
 
 
-def policy_from_config(config: model_config_pb2.ModelConfig) -> BatchPolicy:
-    """Build the policy; raises ``ValueError`` for settings Triton would also refuse."""
+def policy_from_config(
+    config: model_config_pb2.ModelConfig, *, instances: int = 1,
+    defaults: QueueDefaults | None = None,
+) -> BatchPolicy:
+    """Build the policy; raises ``ValueError`` for settings Triton would also refuse.
+
+    With ``defaults`` every queue gets a bound and a timeout: the config's own, else those of
+    ``defaults`` (the server always passes them); without, Triton's unbounded queues.
+    """
+    defaults = defaults or _TRITON
     mbs = int(config.max_batch_size)
     if mbs < 0:
         raise ValueError(f"max_batch_size must be >= 0, got {mbs}")
     if not config.HasField("dynamic_batching"):
-        return BatchPolicy(max_batch_size=mbs)
+        return BatchPolicy(max_batch_size=mbs,
+                           default_queue_policy=defaults.fill(QueuePolicy(), mbs, instances))
     db = config.dynamic_batching
     preferred = tuple(sorted({int(p) for p in db.preferred_batch_size}))
     for p in preferred:
@@ -86,7 +132,8 @@ def policy_from_config(config: model_config_pb2.ModelConfig) -> BatchPolicy:
     default_level = int(db.default_priority_level)
     if levels and not 1 <= default_level <= levels:
         raise ValueError(f"default_priority_level {default_level} must be in [1, {levels}]")
-    level_policies = {int(k): _queue_policy(v) for k, v in db.priority_queue_policy.items()}
+    level_policies = {int(k): defaults.fill(_queue_policy(v), mbs, instances)
+                      for k, v in db.priority_queue_policy.items()}
     for k in level_policies:
         if not 1 <= k <= max(levels, 1):
             raise ValueError(f"priority_queue_policy level {k} is outside [1, {levels}]")
@@ -97,8 +144,6 @@ def policy_from_config(config: model_config_pb2.ModelConfig) -> BatchPolicy:
         max_queue_delay_us=int(db.max_queue_delay_microseconds),
         priority_levels=levels,
         default_priority_level=default_level,
-        default_queue_policy=_queue_policy(db.default_queue_policy)
-        if db.HasField("default_queue_policy")
-        else QueuePolicy(),
+        default_queue_policy=defaults.fill(_queue_policy(db.default_queue_policy), mbs, instances),
         level_policies=level_policies,
     )

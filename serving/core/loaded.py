@@ -12,6 +12,7 @@ import numpy as np
 
 from serving.backends import Backend, BackendSpec, create_backend
 from serving.batching import BatchObserver, Clock, DynamicBatcher, policy_from_config
+from serving.core.limits import ServiceLimits
 from serving.core.stats import StatsRecorder
 from serving.core.validation import RequestRules
 from serving.core.warmup import run_warmup, warmup_samples
@@ -41,8 +42,16 @@ class LoadedVersion:
     def device(self) -> str:
         return self.backends[0].device if self.backends else "cpu"
 
-    async def close(self) -> None:
-        await self.batcher.close()
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Stop the batcher (running work gets at most ``timeout_s``), then the backends.
+
+        Backends with a call still running on an abandoned thread are left to the garbage
+        collector: closing a session under a running call is what would crash."""
+        await self.batcher.close(timeout_s)
+        if self.batcher.busy_threads:
+            logger.error("%s/%s: %d instance threads are still running; their backends are not "
+                         "closed", self.name, self.version, self.batcher.busy_threads)
+            return
         for backend in self.backends:
             try:
                 backend.close()
@@ -77,8 +86,13 @@ def build_version(
     instances: int,
     clock: Clock | None,
     observer_factory: ObserverFactory | None,
+    limits: ServiceLimits | None = None,
 ) -> LoadedVersion:
     """Create ``instances`` backends and the batcher (blocking: call it from a worker thread)."""
+    limits = limits or ServiceLimits()
+    if not 1 <= instances <= limits.max_instances:
+        raise ValueError(f"instance count {instances} is outside [1, {limits.max_instances}] "
+                         "(max_model_instances)")
     start = time.perf_counter()
     spec = BackendSpec(config=config, version_dir=model_dir / version, device=device,
                        instances=instances)
@@ -101,12 +115,13 @@ def build_version(
         stats, observer = StatsRecorder(config.name, version), None
     batcher = DynamicBatcher(
         [_runner(b, outputs) for b in backends],
-        policy_from_config(config),
+        policy_from_config(config, instances=instances, defaults=limits.queue),
         clock=clock,
         observer=observer,
         name=f"{config.name}/{version}",
         inline_below_s=spec.inline_run_threshold_s(
             on_cuda=any(b.device.startswith("cuda") for b in backends)),
+        execution_timeout_s=limits.execution_timeout_s,
     )
     return LoadedVersion(
         name=config.name, version=version, config=config, model_dir=model_dir,

@@ -8,11 +8,13 @@ ready one unless :meth:`ModelRepository.set_default_version` chose another.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.batching import Clock
+from serving.batching.workers import run_detached
 from serving.core.config import (
     CONFIG_FILE,
     available_versions,
@@ -21,6 +23,7 @@ from serving.core.config import (
     read_labels,
     select_versions,
 )
+from serving.core.limits import ServiceLimits
 from serving.core.loaded import LoadedVersion, ObserverFactory, build_version
 from serving.errors import InvalidInput, ModelNotFound, ModelNotReady
 from serving.generated import model_config_pb2
@@ -48,10 +51,12 @@ class ModelEntry:
 
 class ModelRepository:
     def __init__(
-        self, store: Path | str, *, device: str = "auto", clock: Clock | None = None
+        self, store: Path | str, *, device: str = "auto", clock: Clock | None = None,
+        limits: ServiceLimits | None = None,
     ) -> None:
         self.store = Path(store)
         self.device = device
+        self.limits = limits or ServiceLimits()
         self._clock = clock
         self._models: dict[str, ModelEntry] = {}
         self._observer_factory: ObserverFactory | None = None
@@ -101,6 +106,27 @@ class ModelRepository:
 
     # -- load / unload -----------------------------------------------------------------------
 
+    async def build(
+        self, config: model_config_pb2.ModelConfig, model_dir: Path, version: str,
+        instances: int,
+    ) -> LoadedVersion:
+        """Build one version on a daemon thread, bounded by the load timeout.
+
+        A load that overruns raises ``TimeoutError`` and is abandoned: whatever it builds
+        later is closed at once, and it never keeps the process from exiting.
+        """
+        build = functools.partial(
+            build_version, config, model_dir, version, device=self.device, instances=instances,
+            clock=self._clock, observer_factory=self._observer_factory, limits=self.limits,
+        )
+        future = run_detached(build, name=f"load-{config.name}-{version}")
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.limits.load_timeout_s)
+        except (TimeoutError, asyncio.CancelledError):
+            future.add_done_callback(_close_late_load)
+            raise
+
+
     async def load(self, name: str) -> list[LoadedVersion]:
         """(Re)load a model; returns versions it replaced (the caller closes them).
 
@@ -111,43 +137,61 @@ class ModelRepository:
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry.wanted = True
             try:
-                config = await asyncio.to_thread(read_config, entry.model_dir, name)
+                config = await asyncio.wait_for(
+                    run_detached(read_config, entry.model_dir, name, name=f"config-{name}"),
+                    self.limits.load_timeout_s)
                 versions = select_versions(entry.model_dir, config)
                 labels = read_labels(entry.model_dir, config)
             except Exception as exc:
                 entry.load_error = str(exc)
                 logger.error("model '%s' failed to load: %s", name, exc)
+                for v in entry.versions:  # they go on serving
+                    entry.states[v] = ("READY", f"reload failed: {exc}")
                 raise
             for v in versions:
-                entry.states[v] = ("LOADING", "")
+                if v not in entry.versions:  # a version serving now stays READY meanwhile
+                    entry.states[v] = ("LOADING", "")
             built: dict[str, LoadedVersion] = {}
-            errors: list[str] = []
+            errors: dict[str, str] = {}
             for v in versions:
                 try:
-                    built[v] = await asyncio.to_thread(
-                        build_version, config, entry.model_dir, v, device=self.device,
-                        instances=instance_count(config), clock=self._clock,
-                        observer_factory=self._observer_factory,
-                    )
-                    entry.states[v] = ("READY", "")
+                    built[v] = await self.build(config, entry.model_dir, v,
+                                                instance_count(config))
+                except TimeoutError:
+                    errors[v] = (f"load did not finish within {self.limits.load_timeout_s:g} s "
+                                 "(model_load_timeout_seconds)")
                 except Exception as exc:
-                    logger.error("model '%s' version %s failed to load: %s", name, v, exc)
-                    entry.states[v] = ("UNAVAILABLE", str(exc))
-                    errors.append(f"version {v}: {exc}")
+                    errors[v] = str(exc)
+                if v in errors:
+                    logger.error("model '%s' version %s failed to load: %s", name, v, errors[v])
             if not built:
-                entry.load_error = "; ".join(errors)
+                self._reload_failed(entry, versions, errors)
                 raise ValueError(f"model '{name}' failed to load: {entry.load_error}")
+            for v in versions:
+                entry.states[v] = ("UNAVAILABLE", errors[v]) if v in errors else ("READY", "")
             old = entry.versions
             entry.versions = built
             entry.config = config
             entry.labels = labels
-            entry.load_error = "; ".join(errors) or None
+            entry.load_error = _joined(errors) or None
             if entry.default_version not in built:
                 entry.default_version = None
             for v in old:
-                if v not in built:
+                if v not in built and v not in errors:
                     entry.states[v] = ("UNAVAILABLE", "unloaded")
             return list(old.values())
+
+    @staticmethod
+    def _reload_failed(entry: ModelEntry, versions: list[str], errors: dict[str, str]) -> None:
+        """Nothing new loaded: versions that were serving go on serving (and stay READY, with
+        the failure as their reason, so the repository index reports it)."""
+        entry.load_error = _joined(errors)
+        for v in versions:
+            if v not in entry.versions:
+                entry.states[v] = ("UNAVAILABLE", errors.get(v, ""))
+        for v in entry.versions:
+            entry.states[v] = ("READY", f"reload failed: {errors[v]}" if v in errors
+                               else "reload failed; this version goes on serving")
 
     def unload(self, name: str) -> list[LoadedVersion]:
         """Stop routing to the model now; returns the versions for the caller to drain/close."""
@@ -211,3 +255,22 @@ class ModelRepository:
         if entry.config is None:
             entry.config = read_config(entry.model_dir, name)
         return entry.config
+
+
+def _joined(errors: dict[str, str]) -> str:
+    return "; ".join(f"version {v}: {e}" for v, e in errors.items())
+
+
+def _close_late_load(future: asyncio.Future[LoadedVersion]) -> None:
+    """A load that finished after its caller gave up: release what it built."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    loaded = future.result()
+    logger.warning("model '%s' version %s finished loading after its timeout; closing it",
+                   loaded.name, loaded.version)
+    task = asyncio.ensure_future(loaded.close(0))
+    _late_closes.add(task)
+    task.add_done_callback(_late_closes.discard)
+
+
+_late_closes: set[asyncio.Future[None]] = set()

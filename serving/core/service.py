@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import numpy as np
 
@@ -18,7 +20,8 @@ from serving.core.describe import (
     tensor_metadata,
     unloaded_description,
 )
-from serving.core.loaded import LoadedVersion, build_version
+from serving.core.limits import ServiceLimits
+from serving.core.loaded import LoadedVersion
 from serving.core.metrics import Metrics
 from serving.core.repository import ModelRepository
 from serving.core.stats import ModelStats, StatsRecorder
@@ -42,8 +45,14 @@ from serving.errors import (
     ServingError,
 )
 from serving.generated import model_config_pb2
+from serving.logs import request_id_var
 
 logger = logging.getLogger(__name__)
+
+# The service that admitted the request running in this context (see ``admission``).
+_admitted_by: ContextVar[object | None] = ContextVar("capserve_admitted_by", default=None)
+# After a drain's grace is spent, running batches get this much more before ``close`` fails them.
+_CLOSE_AFTER_DRAIN_S = 1.0
 
 __all__ = ["EXTENSIONS", "InferenceService", "ModelDescription"]
 
@@ -88,9 +97,11 @@ class InferenceService:
         self._draining = False
         self._started = False  # readiness waits for the first full load of the store
         self._closed = False
-        self._inflight = 0
+        self._inflight = 0  # requests admitted and not yet answered (see ``admission``)
         self._quiet = asyncio.Event()
         self._quiet.set()
+        self._drain_deadline: float | None = None
+        self._control_locks: dict[str, asyncio.Lock] = {}
         repository.set_observer_factory(self._observer_for)
 
     def _observer_for(self, name: str, version: str) -> tuple[StatsRecorder, BatchObserver]:
@@ -108,10 +119,43 @@ class InferenceService:
         self._started = True
 
     def begin_drain(self) -> None:
+        """Refuse requests that arrive from now on; those admitted before still run."""
         self._draining = True
 
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[None]:
+        """Mark the request handled in this context as accepted by the server.
+
+        A transport enters it when a request arrives, before reading its body or decoding its
+        images: a request admitted before the drain began is served to the end (``infer`` lets
+        it through and ``drain`` waits for it); one admitted later is refused by ``infer``.
+        """
+        if self._draining or _admitted_by.get() is self:
+            yield  # arrived during the drain (refused by infer), or admitted already
+            return
+        token = _admitted_by.set(self)
+        self._enter()
+        try:
+            yield
+        finally:
+            self._leave()
+            _admitted_by.reset(token)
+
+    def _enter(self) -> None:
+        self._inflight += 1
+        self._quiet.clear()
+        self._metrics.inflight_requests.inc()
+
+    def _leave(self) -> None:
+        self._inflight -= 1
+        self._metrics.inflight_requests.dec()
+        if self._inflight == 0:
+            self._quiet.set()
+
     async def drain(self, grace_s: float) -> None:
+        """Wait (at most ``grace_s``) until every admitted request is answered."""
         deadline = time.monotonic() + grace_s
+        self._drain_deadline = deadline
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._quiet.wait(), timeout=grace_s)
             for entry in self._repo.entries():
@@ -120,22 +164,45 @@ class InferenceService:
                     await asyncio.wait_for(loaded.batcher.drain(), timeout=left)
 
     async def close(self) -> None:
+        """Unload everything. Running batches get what is left of a drain's grace (at least
+        a second), else the close timeout; then they fail and their threads are abandoned."""
         self._closed = True
         self._draining = True
+        if self._drain_deadline is not None:
+            bound = max(_CLOSE_AFTER_DRAIN_S, self._drain_deadline - time.monotonic())
+        else:
+            bound = self._limits.close_timeout_s
+        closing = []
         for entry in self._repo.entries():
             for loaded in self._repo.unload(entry.name):
                 self._metrics.model_state(loaded.name, loaded.version, False)
-                await loaded.close()
+                closing.append(loaded.close(bound))
+        for result in await asyncio.gather(*closing, return_exceptions=True):
+            if isinstance(result, BaseException):
+                logger.error("closing a model failed", exc_info=result)
+
+    @property
+    def _limits(self) -> ServiceLimits:
+        return self._repo.limits
 
     # -- health and metadata -----------------------------------------------------------------
 
     def server_live(self) -> bool:
-        return not self._closed
+        """False once closed, and while a model instance is stuck past the execution timeout
+        (a call that does not return can only be cured by a restart)."""
+        return not self._closed and not self.stuck_instances()
 
     def server_ready(self) -> bool:
-        if self._draining or self._closed or not self._started:
+        """True while every wanted model has a READY version (a failed reload that left the
+        old versions serving keeps it true) and no instance is stuck."""
+        if self._draining or self._closed or not self._started or self.stuck_instances():
             return False
-        return all(e.load_error is None and e.versions for e in self._repo.entries() if e.wanted)
+        return all(e.versions for e in self._repo.entries() if e.wanted)
+
+    def stuck_instances(self) -> dict[str, int]:
+        """``name/version`` -> instances whose run outlived the execution timeout."""
+        return {f"{e.name}/{v}": lv.batcher.stuck for e in self._repo.entries()
+                for v, lv in e.versions.items() if lv.batcher.stuck}
 
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(name="capserve", version=self._version, extensions=EXTENSIONS)
@@ -203,9 +270,18 @@ class InferenceService:
 
     # -- model control -----------------------------------------------------------------------
 
+    def _control_lock(self, name: str) -> asyncio.Lock:
+        """One lock per model: load, unload, scale and set-default never interleave."""
+        return self._control_locks.setdefault(name, asyncio.Lock())
+
     async def load_model(self, name: str) -> None:
         if name not in self._repo.names():
             self._repo.scan()  # a model directory added since start
+        self._repo.entry(name)  # ModelNotFound before taking a lock for an unknown name
+        async with self._control_lock(name):
+            await self._load(name)
+
+    async def _load(self, name: str) -> None:
         entry = self._repo.entry(name)
         try:
             replaced = await self._repo.load(name)
@@ -223,14 +299,23 @@ class InferenceService:
             await self._retire(old)
 
     async def unload_model(self, name: str) -> None:
-        for old in self._repo.unload(name):
-            self._metrics.model_state(name, old.version, False)
-            await self._retire(old)
+        self._repo.entry(name)
+        async with self._control_lock(name):
+            for old in self._repo.unload(name):
+                self._metrics.model_state(name, old.version, False)
+                await self._retire(old)
 
     async def _retire(self, old: LoadedVersion) -> None:
-        """Let queued and running requests of a replaced version finish, then release it."""
-        await old.batcher.drain()
-        await old.close()
+        """Let queued and running requests of a replaced version finish (within the close
+        timeout: then they fail and its threads are abandoned), then release it."""
+        bound = self._limits.close_timeout_s
+        deadline = time.monotonic() + bound
+        try:
+            await asyncio.wait_for(old.batcher.drain(), timeout=bound)
+        except TimeoutError:
+            logger.error("%s/%s did not finish its requests within %g s of being unloaded "
+                         "(model_close_timeout_seconds)", old.name, old.version, bound)
+        await old.close(max(0.0, deadline - time.monotonic()))
 
     def model_names(self) -> list[str]:
         return self._repo.names()
@@ -247,9 +332,16 @@ class InferenceService:
         return [describe_version(lv, lv.version == default) for lv in loaded]
 
     async def scale_model(self, name: str, version: str, instances: int) -> None:
-        if instances < 1:
-            raise InvalidInput(f"instances must be >= 1, got {instances}")
-        current = self._repo.resolve(name, version)
+        limit = self._limits.max_instances
+        if not 1 <= instances <= limit:
+            raise InvalidInput(f"instances must be between 1 and {limit} (max_model_instances), "
+                               f"got {instances}")
+        self._repo.resolve(name, version)
+        async with self._control_lock(name):
+            await self._scale(name, version, instances)
+
+    async def _scale(self, name: str, version: str, instances: int) -> None:
+        current = self._repo.resolve(name, version)  # again: an unload may have won the lock
         if current.batcher.instances == instances:
             return
         config = model_config_pb2.ModelConfig()
@@ -258,11 +350,10 @@ class InferenceService:
         kind = current.config.instance_group[0].kind if current.config.instance_group else 0
         config.instance_group.add(count=instances, kind=kind)
         try:
-            rebuilt = await asyncio.to_thread(
-                build_version, config, current.model_dir, current.version,
-                device=self._repo.device, instances=instances, clock=self._repo.clock,
-                observer_factory=self._observer_for,
-            )
+            rebuilt = await self._repo.build(config, current.model_dir, current.version, instances)
+        except TimeoutError:
+            raise ModelLoadFailed(f"scaling '{name}' to {instances} did not finish within "
+                                  f"{self._limits.load_timeout_s:g} s") from None
         except Exception as exc:
             raise ModelLoadFailed(f"failed to scale '{name}' to {instances}: {exc}") from None
         old = self._repo.replace(rebuilt)
@@ -288,45 +379,42 @@ class InferenceService:
     # -- inference ---------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        if self._draining:
+        if self._draining and _admitted_by.get() is not self:
             raise ServerNotReady("Server is not ready: shutting down")
+        with self.admission():
+            return await self._infer(request)
+
+    async def _infer(self, request: InferRequest) -> InferResponse:
         start = time.perf_counter()
         loaded = self._repo.resolve(request.model_name, request.model_version)
         name, version = loaded.name, loaded.version
-        self._inflight += 1
-        self._quiet.clear()
-        self._metrics.inflight_requests.inc()
         try:
-            try:
-                checked = check_request(loaded.rules, request)
-                result = await loaded.batcher.submit(
-                    checked.inputs, checked.batch_size, priority=checked.priority,
-                    timeout_us=checked.timeout_us,
-                )
-                response = self._response(request, loaded, checked.outputs, result.outputs)
-            except ServingError as exc:
-                self._failed(loaded, exc.reason, start)
-                raise
-            except asyncio.CancelledError:
-                self._failed(loaded, FailureReason.CANCELED, start)
-                raise
-            except Exception as exc:
-                logger.exception("inference on %s/%s failed", name, version)
-                self._failed(loaded, FailureReason.BACKEND, start)
-                raise BackendError(f"inference failed: {exc}") from exc
-            elapsed = time.perf_counter() - start
-            loaded.stats.record_success(
-                checked.batch_size, elapsed, result.queue_s, result.compute_input_s,
-                result.compute_infer_s, result.compute_output_s,
+            checked = check_request(loaded.rules, request)
+            result = await loaded.batcher.submit(
+                checked.inputs, checked.batch_size, priority=checked.priority,
+                timeout_us=checked.timeout_us,
             )
-            self._metrics.request_succeeded(name, version, elapsed, result.queue_s,
-                                            checked.batch_size)
-            return response
-        finally:
-            self._inflight -= 1
-            self._metrics.inflight_requests.dec()
-            if self._inflight == 0:
-                self._quiet.set()
+            response = self._response(request, loaded, checked.outputs, result.outputs)
+        except ServingError as exc:
+            self._failed(loaded, exc.reason, start)
+            raise
+        except asyncio.CancelledError:
+            self._failed(loaded, FailureReason.CANCELED, start)
+            raise
+        except Exception as exc:
+            logger.exception("inference on %s/%s failed", name, version)
+            self._failed(loaded, FailureReason.BACKEND, start)
+            rid = request_id_var.get() or request.id
+            raise BackendError(f"inference failed on model '{name}'; see the server log"
+                               + (f" (request id {rid})" if rid else "")) from exc
+        elapsed = time.perf_counter() - start
+        loaded.stats.record_success(
+            checked.batch_size, elapsed, result.queue_s, result.compute_input_s,
+            result.compute_infer_s, result.compute_output_s,
+        )
+        self._metrics.request_succeeded(name, version, elapsed, result.queue_s,
+                                        checked.batch_size)
+        return response
 
     def _failed(self, loaded: LoadedVersion, reason: FailureReason, start: float) -> None:
         elapsed = time.perf_counter() - start
