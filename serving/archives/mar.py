@@ -29,6 +29,7 @@ BUILTIN_HANDLERS = {
     "image_classifier": "classification", "image_segmenter": "segmentation",
 }
 _CHUNK = 1 << 20
+MAX_LABELS = 100_000
 
 
 class ArchiveError(InvalidInput):
@@ -40,6 +41,8 @@ class ArchiveLimits:
     max_total_bytes: int = 2 << 30  # sum of uncompressed member sizes
     max_members: int = 10_000
     max_manifest_bytes: int = 1 << 20
+    max_labels: int = MAX_LABELS  # index_to_name.json keys must be below this
+    max_json_bytes: int = 16 << 20  # capserve_task.json, index_to_name.json
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +159,26 @@ def safe_extract(path: Path, dest: Path, limits: ArchiveLimits | None = None) ->
     return manifest
 
 
-def labels_from_index(mapping: Mapping[str, Any]) -> list[str]:
-    """TorchServe's ``index_to_name.json`` (``{"0": "cat"}`` or ``{"0": ["n01", "cat"]}``)."""
-    size = 1 + max((int(k) for k in mapping), default=-1)
-    labels = [str(i) for i in range(size)]
+def labels_from_index(mapping: Any, max_labels: int = MAX_LABELS) -> list[str]:
+    """TorchServe's ``index_to_name.json`` (``{"0": "cat"}`` or ``{"0": ["n01", "cat"]}``).
+
+    Keys are class indices below ``max_labels``: the list is as long as the largest key, so an
+    unchecked key such as ``"4000000000"`` would build billions of labels. ``ValueError``
+    names the first bad key."""
+    if not isinstance(mapping, dict):
+        raise ValueError("index_to_name.json must be a JSON object of index -> label")
+    if len(mapping) > max_labels:
+        raise ValueError(f"{len(mapping)} labels, over the limit of {max_labels}")
+    indices = {}
+    for key in mapping:
+        text = str(key)
+        if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) >= max_labels:
+            raise ValueError(f"key {text[:40]!r} is not a class index from 0 to "
+                             f"{max_labels - 1} (the label limit is {max_labels})")
+        indices[key] = int(text)
+    labels = [str(i) for i in range(1 + max(indices.values(), default=-1))]
     for key, value in mapping.items():
-        labels[int(key)] = str(value[-1]) if isinstance(value, list) else str(value)
+        labels[indices[key]] = str(value[-1] if isinstance(value, list) and value else value)
     return labels
 
 

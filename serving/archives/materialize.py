@@ -30,6 +30,7 @@ from serving.archives.mar import (
     labels_from_index,
     safe_extract,
 )
+from serving.archives.task_doc import check_task_document
 from serving.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def materialize(mar: Path, cache_dir: Path, limits: ArchiveLimits | None = None,
         extracted.mkdir()
         try:
             manifest = safe_extract(mar, extracted, limits)
-            _build(name, manifest, extracted, tmp / name, allow_archive_code, mar.name)
+            _build(name, manifest, extracted, tmp / name, allow_archive_code, mar.name,
+                   limits)
         except ArchiveError:
             raise
         except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
@@ -104,7 +106,7 @@ def _sha256(path: Path) -> str:
 
 
 def _build(name: str, manifest: Manifest, src: Path, model_dir: Path, allow_code: bool,
-           archive: str) -> None:
+           archive: str, limits: ArchiveLimits) -> None:
     handler = manifest.handler_name
     if handler not in BUILTIN_HANDLERS:
         if not allow_code:
@@ -115,13 +117,14 @@ def _build(name: str, manifest: Manifest, src: Path, model_dir: Path, allow_code
                 f"such archives and serves them with the built-in pipeline of {TASK_FILE}")
         log.warning("%s: custom handler %s accepted by --allow-archive-code; serving with "
                     "the built-in pipeline, the handler's code is not run", archive, handler)
-    labels = _labels(src)
+    labels = _labels(src, archive, limits)
     task_path = src / TASK_FILE
     if task_path.is_file():
         try:
-            task: dict[str, Any] = json.loads(task_path.read_text())
+            task: dict[str, Any] = json.loads(_small_file(task_path, archive, limits))
         except ValueError as exc:
             raise ArchiveError(f"{archive}: {TASK_FILE} is not JSON: {exc}") from None
+        check_task_document(task, archive)
     elif BUILTIN_HANDLERS.get(handler):
         task = _torchserve_default(BUILTIN_HANDLERS[handler], len(labels))
     else:
@@ -155,14 +158,23 @@ def _member_path(src: Path, name: str, archive: str) -> Path:
     return path
 
 
-def _labels(src: Path) -> list[str]:
+def _small_file(path: Path, archive: str, limits: ArchiveLimits) -> str:
+    size = path.stat().st_size
+    if size > limits.max_json_bytes:
+        raise ArchiveError(f"{archive}: {path.name} is {size} bytes, over the limit of "
+                           f"{limits.max_json_bytes}")
+    return path.read_text()
+
+
+def _labels(src: Path, archive: str, limits: ArchiveLimits) -> list[str]:
     path = src / "index_to_name.json"
     if not path.is_file():
         return []
     try:
-        return labels_from_index(json.loads(path.read_text()))
+        return labels_from_index(json.loads(_small_file(path, archive, limits)),
+                                 limits.max_labels)
     except (ValueError, TypeError) as exc:
-        raise ArchiveError(f"index_to_name.json is not a label map: {exc}") from None
+        raise ArchiveError(f"{archive}: index_to_name.json is not a label map: {exc}") from None
 
 
 def _version(text: str) -> str:
