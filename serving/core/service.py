@@ -254,6 +254,11 @@ class InferenceService:
             out.extend(entry.versions[v].stats.snapshot() for v in entry.ready_versions())
         return out
 
+    async def gather_statistics(self, name: str = "", version: str = "") -> list[ModelStats]:
+        """Statistics as clients see them: this process's counts here; a worker of a supervisor
+        adds up every worker's (its core overrides this)."""
+        return self.model_statistics(name, version)
+
     def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         out: list[ModelIndexEntry] = []
         for entry in self._repo.entries():
@@ -362,6 +367,11 @@ class InferenceService:
 
     def set_default_version(self, name: str, version: str) -> None:
         self._repo.set_default_version(name, version)
+
+    async def set_default(self, name: str, version: str) -> None:
+        """The default version as clients see it: set here; a worker of a supervisor sets it on
+        every worker before it answers (its core overrides this)."""
+        self.set_default_version(name, version)
 
     def model_parameters(self, name: str, version: str = "") -> dict[str, str]:
         config = self.model_config_view(name, version)

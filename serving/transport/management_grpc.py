@@ -67,7 +67,7 @@ class TorchServeManagement(pb_grpc.ManagementAPIsServiceServicer):
     async def SetDefault(self, request: pb.SetDefaultRequest,
                          context: aio.ServicerContext) -> pb.ManagementResponse:
         self._auth(context)
-        return _msg(self.ops.set_default(request.model_name, request.model_version))
+        return _msg(await self.ops.set_default(request.model_name, request.model_version))
 
     @grpc_errors
     async def UnregisterModel(self, request: pb.UnregisterModelRequest,

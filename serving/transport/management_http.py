@@ -129,9 +129,9 @@ class ManagementOps:
         await self.service.unload_model(name)
         return {"status": f'Model "{name}" unregistered'}
 
-    def set_default(self, name: str, version: str) -> dict[str, Any]:
+    async def set_default(self, name: str, version: str) -> dict[str, Any]:
         version = model_version(version)
-        self.service.set_default_version(name, version)
+        await self.service.set_default(name, version)
         return {"status": f'Default version successfully updated for model "{name}" to '
                           f'"{version}"'}
 
@@ -166,7 +166,7 @@ class ManagementHandlers:
                                                       request.path_params.get("version", "")))
 
     async def set_default(self, request: Request) -> Response:
-        return JSONResponse(self.ops.set_default(request.path_params["model"],
+        return JSONResponse(await self.ops.set_default(request.path_params["model"],
                                                  request.path_params["version"]))
 
     async def description(self, request: Request) -> Response:
