@@ -55,10 +55,13 @@ def _unsupported(rpc: str) -> Callable[..., Coroutine[Any, Any, Any]]:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The v2 protocol over gRPC, backed by the protocol-neutral core."""
 
-    def __init__(self, service: InferenceService, gate: ModelControlGate) -> None:
+    def __init__(
+        self, service: InferenceService, gate: ModelControlGate, stream_max_inflight: int = 64
+    ) -> None:
         self._service = service
         self._gate = gate
         self._streams: set[asyncio.Queue[Any]] = set()
+        self._stream_max_inflight = stream_max_inflight
 
     def begin_shutdown(self) -> None:
         """End open streams once they have answered what they sent (idle streams would hold
@@ -100,11 +103,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        return conv.statistics_from_types(self._service.model_statistics(request.name, request.version))
+        stats = await self._service.gather_statistics(request.name, request.version)
+        return conv.statistics_from_types(stats)
 
     @grpc_errors
     async def ModelInfer(self, request: pb.ModelInferRequest, context: aio.ServicerContext) -> pb.ModelInferResponse:
-        return await self._infer(request)
+        with self._service.admission():  # a drain that begins now lets this call finish
+            return await self._infer(request)
 
     async def _infer(self, message: pb.ModelInferRequest) -> pb.ModelInferResponse:
         request_id_var.set(message.id or new_request_id())
@@ -114,13 +119,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests of one stream run concurrently; an error answers that request and the stream goes on."""
+        """Requests of one stream run concurrently; an error answers that request and the stream goes on.
+
+        At most ``stream_max_inflight`` requests of a stream are running or answered but not
+        yet written; past that the stream is not read further (HTTP/2 flow control then slows
+        the client), so neither tasks nor the answer queue grow with what a client sends.
+        """
         out: asyncio.Queue[Any] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(self._stream_max_inflight)
 
         async def answer(message: pb.ModelInferRequest) -> None:
             try:
-                response = pb.ModelStreamInferResponse(infer_response=await self._infer(message))
+                with self._service.admission():
+                    response = pb.ModelStreamInferResponse(infer_response=await self._infer(message))
             except Exception as exc:
                 response = pb.ModelStreamInferResponse(error_message=grpc_status_message(exc))
                 response.infer_response.model_name = message.model_name
@@ -129,8 +141,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             out.put_nowait(response)
 
         async def read() -> None:
+            messages = aiter(request_iterator)
             try:
-                async for message in request_iterator:
+                while True:
+                    await slots.acquire()  # backpressure: wait for a written answer
+                    try:
+                        message = await anext(messages)
+                    except StopAsyncIteration:
+                        break
                     task = asyncio.create_task(answer(message))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
@@ -154,6 +172,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                             yield item
                     return
                 yield item
+                slots.release()
         finally:
             self._streams.discard(out)
             reader.cancel()
@@ -245,11 +264,16 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 
 def create_grpc_server(
     service: InferenceService, gate: ModelControlGate, max_message_bytes: int,
-    reuse_port: bool = False,
+    reuse_port: bool = False, *, stream_max_inflight: int = 64,
+    max_concurrent_streams: int = 256,
 ) -> tuple[aio.Server, Callable[[], None]]:
     """A grpc.aio server with the v2 and health services (the caller binds and starts it),
-    and the function to call when draining begins (ends idle streams and health watches)."""
+    and the function to call when draining begins (ends idle streams and health watches).
+
+    ``max_concurrent_streams`` bounds the calls one connection may have open at once (HTTP/2
+    SETTINGS): a client past it waits for its own calls instead of piling up server tasks."""
     options = [
+        ("grpc.max_concurrent_streams", max_concurrent_streams),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         # Off, a second server could bind the same port and silently steal traffic; on only for
@@ -257,7 +281,8 @@ def create_grpc_server(
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = aio.server(options=options)
-    inference, health = InferenceServicer(service, gate), HealthServicer(service)
+    inference = InferenceServicer(service, gate, stream_max_inflight)
+    health = HealthServicer(service)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
 
