@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from serving.errors import InvalidInput, PermissionDenied, Unauthenticated
+from serving.transport.auth import HostCheck, is_loopback, parse_allowed_hosts
 from serving.transport.torchserve_http import _guard, model_version, torchserve_error
 
 if TYPE_CHECKING:
@@ -210,6 +211,26 @@ class _TokenAuth:
         await self.app(scope, receive, send)
 
 
+class _HostGuard:
+    """ASGI middleware: the Host check of ``serving.transport.auth`` (DNS rebinding)."""
+
+    def __init__(self, app: Any, check: HostCheck) -> None:
+        self.app = app
+        self.check = check
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = next((v.decode("latin-1") for k, v in scope.get("headers", [])
+                         if k.lower() == b"host"), None)
+            try:
+                self.check.check(host, scope.get("server"))
+            except PermissionDenied as exc:
+                log.warning("management request refused: %s", exc)
+                await torchserve_error(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_management_app(service: InferenceService, settings: Settings,
                           store: ModelStoreAccess) -> Starlette:
     h = ManagementHandlers(ManagementOps(service, settings, store))
@@ -230,4 +251,11 @@ def create_management_app(service: InferenceService, settings: Settings,
     token = settings.api_token()  # ValueError for a token file readable by others
     if token:
         app.add_middleware(_TokenAuth, token=token)
+    # Added last, so it runs first: a rebinding page never learns whether a token is needed.
+    app.add_middleware(_HostGuard, check=HostCheck(parse_allowed_hosts(
+        settings.management_allowed_hosts)))
+    if not token and not is_loopback(settings.management_host):
+        log.warning("the management API listens on %s:%d WITHOUT an API token: anyone who can "
+                    "reach it can scale models and read the store layout; set --api-token-file "
+                    "or bind it to 127.0.0.1", settings.management_host, settings.management_port)
     return app
