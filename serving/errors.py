@@ -120,6 +120,14 @@ class PayloadTooLarge(ServingError):
     reason = FailureReason.INVALID
 
 
+class ResponseTooLarge(ServingError):
+    """The answer to a request would exceed the response size limit; a smaller request (or
+    binary outputs) fits. The request caused it, so it is the client's error."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+    reason = FailureReason.INVALID
+
+
 class ModelLoadFailed(ServingError):
     """A model (or one of its versions) could not be loaded; the message says why."""
 

@@ -100,10 +100,17 @@ def serialize_bytes_tensor(arr: np.ndarray) -> bytes:
 
 def deserialize_bytes_tensor(buf: bytes | memoryview, count: int, name: str = "") -> np.ndarray:
     """Inverse of :func:`serialize_bytes_tensor`: a flat object array of ``count`` bytes items."""
-    view = memoryview(buf)
+    view = memoryview(buf).cast("B")
+    label = f" for input '{name}'" if name else ""
+    # Every element carries a 4-byte length: a count the buffer cannot hold is refused before
+    # the object array for it is allocated (a shape of [2**31] with no data asked for 16 GiB).
+    if count > len(view) // 4:
+        raise InvalidInput(
+            f"BYTES tensor{label} ends after {len(view) // 4} of {count} elements at most: "
+            f"{len(view)} bytes cannot hold {count} 4-byte length prefixes"
+        )
     out = np.empty(count, dtype=np.object_)
     pos = 0
-    label = f" for input '{name}'" if name else ""
     for i in range(count):
         if pos + 4 > len(view):
             raise InvalidInput(f"BYTES tensor{label} ends after {i} of {count} elements")

@@ -2,15 +2,126 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from serving.core.config import datatype_of
 from serving.core.datatypes import triton_to_numpy
 from serving.core.types import InferRequest, ParamValue, RequestedOutput
-from serving.errors import InvalidInput
+from serving.errors import InvalidInput, ModelNotFound
 from serving.generated import model_config_pb2
+
+if TYPE_CHECKING:
+    from serving.settings import Settings
+
+# Defaults of the tensor limits; the settings (``CAPSERVE_MAX_TENSOR_DIMS`` ...) repeat them.
+DEFAULT_MAX_DIMS = 16
+DEFAULT_MAX_ELEMENTS = 4 * 1024 * 1024
+DEFAULT_MAX_STRING_ELEMENTS = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TensorLimits:
+    """What a client may ask the decoders to build, checked from the shapes alone.
+
+    The transports check every input against these before they decode or allocate anything;
+    the counts are per request, over all its inputs. BYTES elements have their own, smaller
+    cap: each one becomes a Python object, decoded one at a time.
+    """
+
+    max_dims: int = DEFAULT_MAX_DIMS
+    max_elements: int = DEFAULT_MAX_ELEMENTS
+    max_string_elements: int = DEFAULT_MAX_STRING_ELEMENTS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TensorLimits:
+        return cls(max_dims=settings.max_tensor_dims,
+                   max_elements=settings.max_request_elements,
+                   max_string_elements=settings.max_request_string_elements)
+
+
+DEFAULT_LIMITS = TensorLimits()
+
+
+def element_count(name: str, shape: Sequence[int], max_elements: int) -> int:
+    """Elements of ``shape``, refusing (InvalidInput) before the product can grow past
+    ``max_elements``: a shape of huge dims never becomes a huge integer or array."""
+    if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+        raise InvalidInput(f"input '{name}': shape {list(shape)} must hold non-negative integers")
+    big = next((d for d in shape if d > max_elements), None)
+    if big is not None:
+        raise InvalidInput(
+            f"input '{name}': dimension {big} exceeds the limit of {max_elements} elements "
+            "(setting max_request_elements)"
+        )
+    if 0 in shape:
+        return 0
+    count = 1
+    for d in shape:
+        count *= d  # both factors <= max_elements here: no runaway integers
+        if count > max_elements:
+            raise InvalidInput(
+                f"input '{name}' has {_describe(shape)} elements, over the limit of "
+                f"{max_elements} elements per request (setting max_request_elements)"
+            )
+    return count
+
+
+def _describe(shape: Sequence[int]) -> str:
+    """The element count of an oversized shape, for the message (exact when it is small)."""
+    total = math.prod(shape)
+    return str(total) if total < 10**30 else f"more than 10^30 ({' x '.join(map(str, shape))})"
+
+
+class ElementBudget:
+    """One request's running element counts against :class:`TensorLimits`."""
+
+    __slots__ = ("limits", "elements", "strings")
+
+    def __init__(self, limits: TensorLimits) -> None:
+        self.limits = limits
+        self.elements = 0
+        self.strings = 0
+
+    def take(self, name: str, datatype: str, shape: Sequence[int]) -> int:
+        """Check one input's shape and charge it to the request; returns its element count."""
+        limits = self.limits
+        if len(shape) > limits.max_dims:
+            raise InvalidInput(
+                f"input '{name}' has {len(shape)} dimensions, over the limit of "
+                f"{limits.max_dims} (setting max_tensor_dims)"
+            )
+        count = element_count(name, shape, limits.max_elements)
+        self.elements += count
+        if self.elements > limits.max_elements:
+            raise InvalidInput(
+                f"input '{name}' ({count} elements) brings the request to {self.elements} "
+                f"elements, over the limit of {limits.max_elements} (setting max_request_elements)"
+            )
+        if datatype == "BYTES":
+            self.strings += count
+            if self.strings > limits.max_string_elements:
+                raise InvalidInput(
+                    f"BYTES input '{name}' ({count} elements) brings the request to "
+                    f"{self.strings} string elements, over the limit of "
+                    f"{limits.max_string_elements} (setting max_request_string_elements)"
+                )
+        return count
+
+
+def check_version(name: str, version: str) -> str:
+    """``version`` when it is "" or ASCII digits; ModelNotFound otherwise.
+
+    ``str.isdigit`` accepts superscripts and other scripts' digits that ``int`` refuses, so a
+    version of '²' got past the repository's check and failed as a server error.
+    """
+    if version and not (version.isascii() and version.isdigit()):
+        raise ModelNotFound(f"Request for unknown model: '{name}' version {version!r}")
+    return version
 
 
 @dataclass(slots=True)
@@ -45,6 +156,7 @@ class RequestRules:
     required: tuple[str, ...]
     outputs: dict[str, str]  # name -> datatype
     max_batch: int
+    text_inputs: frozenset[str] = frozenset()  # BYTES inputs the backend reads as UTF-8 text
 
     @classmethod
     def of(cls, config: model_config_pb2.ModelConfig) -> RequestRules:
@@ -54,10 +166,26 @@ class RequestRules:
             inputs[i.name] = (datatype,
                               None if datatype == "BYTES" else triton_to_numpy(datatype),
                               tuple(int(d) for d in i.dims))
+        # ONNX string tensors hold text; the ORT backend decodes BYTES elements as UTF-8.
+        text = frozenset(n for n, (dt, _, _) in inputs.items()
+                         if dt == "BYTES" and config.platform == "onnxruntime_onnx")
         return cls(model=config.name, inputs=inputs,
                    required=tuple(i.name for i in config.input if not i.optional),
                    outputs={o.name: datatype_of(o) for o in config.output},
-                   max_batch=int(config.max_batch_size))
+                   max_batch=int(config.max_batch_size), text_inputs=text)
+
+
+def _check_utf8(name: str, data: np.ndarray) -> None:
+    """Refuse this request (not the batch it would join) when a text element is not UTF-8."""
+    for i, item in enumerate(data.reshape(-1)):
+        if isinstance(item, bytes | bytearray):
+            try:
+                item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"BYTES input '{name}' element {i} is not valid UTF-8 ({exc.reason} at byte "
+                    f"{exc.start}); this model's string tensors hold text"
+                ) from None
 
 
 def check_request(rules: RequestRules, request: InferRequest) -> CheckedRequest:
@@ -103,6 +231,8 @@ def check_request(rules: RequestRules, request: InferRequest) -> CheckedRequest:
                 f"unexpected shape for input '{tensor.name}' for model '{model}'. Expected "
                 f"{list(dims)}, got {list(shape)}"
             )
+        if tensor.name in rules.text_inputs:
+            _check_utf8(tensor.name, data)
         seen[tensor.name] = data
     missing = [n for n in rules.required if n not in seen]
     if missing:

@@ -7,7 +7,6 @@ every answer of the core becomes its response message here, so the rules of the 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from serving.core.types import (
     ServerMetadata,
     Tensor,
 )
+from serving.core.validation import DEFAULT_LIMITS, ElementBudget, TensorLimits, check_version
 from serving.errors import InvalidInput
 from serving.generated import grpc_service_pb2 as pb
 
@@ -69,7 +69,8 @@ def params_from_types(target: Any, params: dict[str, ParamValue]) -> None:
             slot.string_param = str(value)
 
 
-def _typed_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: tuple[int, ...]) -> np.ndarray:
+def _typed_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: tuple[int, ...],
+                    expected: int) -> np.ndarray:
     name, datatype = tensor.name, tensor.datatype
     field_name = _CONTENTS_FIELD.get(datatype)
     if field_name is None:
@@ -77,7 +78,6 @@ def _typed_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: tuple[
             f"input '{name}': {datatype} data cannot travel in typed 'contents'; use raw_input_contents"
         )
     values = getattr(tensor.contents, field_name)
-    expected = math.prod(shape)
     if len(values) != expected:
         raise InvalidInput(
             f"input '{name}': contents.{field_name} holds {len(values)} elements, "
@@ -87,12 +87,35 @@ def _typed_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: tuple[
         arr = np.empty(expected, dtype=object)
         arr[:] = list(values)
     else:
-        arr = np.asarray(values, dtype=datatypes.triton_to_numpy(datatype))
+        arr = _narrowed(values, datatypes.triton_to_numpy(datatype), name, field_name)
     return arr.reshape(shape)
 
 
-def infer_request_to_types(msg: pb.ModelInferRequest) -> InferRequest:
-    """A ``ModelInferRequest`` as the neutral request; raw and typed contents never mixed."""
+def _narrowed(values: Any, dtype: np.dtype, name: str, field_name: str) -> np.ndarray:
+    """Typed contents as ``dtype``; INT8/16 and UINT8/16 travel in 32-bit fields, so a value
+    out of the datatype's range (INT8 300) is refused instead of wrapping or failing."""
+    if dtype.kind not in "iu" or dtype.itemsize >= 4:
+        return np.asarray(values, dtype=dtype)
+    wide = np.asarray(values, dtype=np.int64)
+    info = np.iinfo(dtype)
+    bad = (wide < info.min) | (wide > info.max)
+    if bad.any():
+        first = int(wide[np.argmax(bad)])
+        raise InvalidInput(
+            f"input '{name}': contents.{field_name} value {first} is out of range for "
+            f"{datatypes.numpy_to_triton(dtype)} ({info.min}..{info.max})"
+        )
+    return wide.astype(dtype)
+
+
+def infer_request_to_types(msg: pb.ModelInferRequest,
+                           limits: TensorLimits = DEFAULT_LIMITS) -> InferRequest:
+    """A ``ModelInferRequest`` as the neutral request; raw and typed contents never mixed.
+
+    Each input's datatype and shape are checked against ``limits`` before its data is read.
+    """
+    check_version(msg.model_name, msg.model_version)
+    budget = ElementBudget(limits)
     raw = msg.raw_input_contents
     if raw and any(t.HasField("contents") for t in msg.inputs):
         raise InvalidInput("inputs must use either raw_input_contents or typed contents, not both")
@@ -102,13 +125,13 @@ def infer_request_to_types(msg: pb.ModelInferRequest) -> InferRequest:
         )
     inputs: list[Tensor] = []
     for i, tensor in enumerate(msg.inputs):
-        if any(d < 0 for d in tensor.shape):
-            raise InvalidInput(f"input '{tensor.name}': shape {list(tensor.shape)} has a negative dim")
         shape = tuple(tensor.shape)
+        datatypes.triton_to_numpy(tensor.datatype)  # an unknown datatype fails before anything else
+        count = budget.take(tensor.name, tensor.datatype, shape)
         if raw:
             data = datatypes.array_from_raw(raw[i], tensor.datatype, shape, tensor.name)
         else:
-            data = _typed_contents(tensor, shape)
+            data = _typed_contents(tensor, shape, count)
         inputs.append(Tensor(
             name=tensor.name, datatype=tensor.datatype, shape=shape, data=data,
             parameters=params_to_types(tensor.parameters),

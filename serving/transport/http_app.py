@@ -8,6 +8,7 @@ No Content-Type is required on requests (tritonclient sends none).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,7 +24,8 @@ from starlette.types import ASGIApp
 
 from serving.core import datatypes
 from serving.core.service import InferenceService
-from serving.core.types import InferRequest, Tensor
+from serving.core.types import InferRequest, InferResponse, Tensor
+from serving.core.validation import DEFAULT_LIMITS, ElementBudget, TensorLimits, check_version
 from serving.errors import InvalidInput, PayloadTooLarge, Unsupported
 from serving.logs import new_request_id, request_id_var
 from serving.settings import Settings
@@ -36,7 +38,10 @@ from serving.transport.hot_routes import HotRoutes
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
-_MIN_COMPRESS_BYTES = 1024
+# Bodies and responses up to these sizes are decoded / encoded on the event loop: handing
+# them to a thread costs more than the work (see docs/protocols.md for the measurement).
+INLINE_DECODE_BYTES = 64 * 1024
+INLINE_ENCODE_BYTES = 64 * 1024
 
 
 def _guarded(handler: Endpoint) -> Endpoint:
@@ -68,7 +73,7 @@ def header(request: Request, name: str) -> str | None:
 async def read_body(request: Request, limit_bytes: int) -> bytes:
     """The request body, decompressed, refusing (413) anything over ``limit_bytes``."""
     declared = header(request, "content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit_bytes:
         raise PayloadTooLarge(
             f"request body of {declared} bytes exceeds the limit of {limit_bytes} bytes"
         )
@@ -91,10 +96,14 @@ def _json(doc: Any, status: int = 200) -> JSONResponse:
 class V2Handlers:
     """The route handlers; one instance per app, holding the core and the settings it needs."""
 
-    def __init__(self, service: InferenceService, gate: ModelControlGate, max_request_bytes: int) -> None:
+    def __init__(self, service: InferenceService, gate: ModelControlGate, max_request_bytes: int,
+                 limits: TensorLimits = DEFAULT_LIMITS,
+                 max_response_bytes: int = 64 * 1024 * 1024) -> None:
         self.service = service
         self.gate = gate
         self.max_request_bytes = max_request_bytes
+        self.limits = limits
+        self.max_response_bytes = max_response_bytes
 
     # ------------------------------------------------------------------ server
     async def server_metadata(self, request: Request) -> Response:
@@ -143,7 +152,7 @@ class V2Handlers:
 
     async def model_stats(self, request: Request) -> Response:
         name, version = _model_path(request)
-        stats = self.service.model_statistics(name, version)
+        stats = await self.service.gather_statistics(name, version)
         return _json(conv.message_to_json_dict(conv.statistics_from_types(stats)))
 
     async def infer(self, request: Request) -> Response:
@@ -152,29 +161,43 @@ class V2Handlers:
         header_length = header(request, codec.HEADER_LENGTH)
         if header_length is not None and header_length.strip() == "0":
             infer_request = self._raw_binary_request(name, version, body)
-            binary_default, binary_outputs = True, {}
-        else:
-            header_bytes, binary = codec.split_body(body, header_length)
-            decoded = codec.decode_infer_request(
-                name, version, codec.parse_json_body(header_bytes, "inference request header"), binary
-            )
-            infer_request = decoded.request
-            binary_default, binary_outputs = decoded.binary_default, decoded.binary_outputs
+            decoded = codec.DecodedRequest(infer_request, binary_default=True)
+        elif len(body) <= INLINE_DECODE_BYTES:
+            decoded = self._decode(name, version, body, header_length)
+        else:  # parsing is a client-sized amount of work: keep it off the event loop
+            decoded = await asyncio.to_thread(self._decode, name, version, body, header_length)
+        infer_request = decoded.request
         request_id_var.set(infer_request.id or new_request_id())
         response = await cancel_on_disconnect(request, self.service.infer(infer_request))
-        payload, json_length = codec.encode_infer_response(response, binary_default, binary_outputs)
+        return await self._encode(request, response, decoded)
+
+    def _decode(self, name: str, version: str, body: bytes,
+                header_length: str | None) -> codec.DecodedRequest:
+        header_bytes, binary = codec.split_body(body, header_length)
+        codec.check_json_values(header_bytes, self.limits)
+        doc = codec.parse_json_body(header_bytes, "inference request header")
+        return codec.decode_infer_request(name, version, doc, binary, self.limits)
+
+    async def _encode(self, request: Request, response: InferResponse,
+                      decoded: codec.DecodedRequest) -> Response:
+        binary_default, binary_outputs = decoded.binary_default, decoded.binary_outputs
+        cost = codec.response_cost(response, binary_default, binary_outputs)
+        codec.check_response_floor(cost, self.max_response_bytes)
+        encoding = codec.pick_response_encoding(header(request, "accept-encoding"))
+        args = (response, binary_default, binary_outputs, encoding, self.max_response_bytes)
+        if cost.typical_bytes <= INLINE_ENCODE_BYTES:
+            encoded = codec.encode_http_response(*args)
+        else:  # JSON encoding and gzip of MBs would stall every other request on the loop
+            encoded = await asyncio.to_thread(codec.encode_http_response, *args)
         headers: dict[str, str] = {}
-        if json_length is not None:
-            headers["Inference-Header-Content-Length"] = str(json_length)
+        if encoded.json_length is not None:
+            headers["Inference-Header-Content-Length"] = str(encoded.json_length)
             media_type = "application/octet-stream"
         else:
             media_type = "application/json"
-        encoding = codec.pick_response_encoding(header(request, "accept-encoding"))
-        # Tiny bodies grow when compressed; HTTP lets the server send them as they are.
-        if encoding is not None and len(payload) >= _MIN_COMPRESS_BYTES:
-            payload = codec.compress(payload, encoding)
-            headers["Content-Encoding"] = encoding
-        return Response(payload, headers=headers, media_type=media_type)
+        if encoded.content_encoding is not None:
+            headers["Content-Encoding"] = encoded.content_encoding
+        return Response(encoded.body, headers=headers, media_type=media_type)
 
     def _raw_binary_request(self, name: str, version: str, body: bytes) -> InferRequest:
         """Inference-Header-Content-Length: 0 -> the whole body is the single input, batch 1."""
@@ -191,19 +214,11 @@ class V2Handlers:
             data[0] = body
             shape = tuple([1] * len(dims)) if dims else (1,)
         else:
-            if dims.count(-1) > 1:
-                raise InvalidInput(f"input '{spec.name}' has more than one variable dimension")
-            item = int(np.dtype(datatypes.triton_to_numpy(spec.datatype)).itemsize)
-            fixed = math.prod(d for d in dims if d != -1) * item
-            if fixed == 0 or len(body) % fixed:
-                raise InvalidInput(
-                    f"raw binary body of {len(body)} bytes does not fit input '{spec.name}' {dims}"
-                )
-            dims = [len(body) // fixed if d == -1 else d for d in dims]
-            shape = tuple(dims)
+            shape = _raw_shape(spec.name, dims, spec.datatype, len(body))
             data = np.frombuffer(body, dtype=datatypes.triton_to_numpy(spec.datatype).newbyteorder("<"))
         if batching:
             shape = (1, *shape)
+        ElementBudget(self.limits).take(spec.name, spec.datatype, shape)
         tensor = Tensor(name=spec.name, datatype=spec.datatype, shape=shape, data=data.reshape(shape))
         return InferRequest(model_name=name, model_version=version, inputs=[tensor])
 
@@ -220,8 +235,11 @@ class V2Handlers:
     async def repository_load(self, request: Request) -> Response:
         self.gate.check(request.headers.get("authorization"))
         doc = codec.parse_json_body(await read_body(request, self.max_request_bytes))
-        if doc.get("parameters"):
-            names = ", ".join(sorted(doc["parameters"]))
+        params = doc.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise InvalidInput("'parameters' of a load request must be a JSON object")
+        if params:
+            names = ", ".join(sorted(params))
             raise Unsupported(f"load parameters ({names}) are not supported; models come from the store only")
         await self.service.load_model(request.path_params["model"])
         return Response(status_code=200)
@@ -237,7 +255,24 @@ class V2Handlers:
 
 
 def _model_path(request: Request) -> tuple[str, str]:
-    return request.path_params.get("model", ""), request.path_params.get("version", "")
+    name = request.path_params.get("model", "")
+    return name, check_version(name, request.path_params.get("version", ""))
+
+
+def _raw_shape(name: str, dims: list[int], datatype: str, size: int) -> tuple[int, ...]:
+    """The shape a raw binary body of ``size`` bytes has for an input with ``dims``: exactly
+    the fixed size, or whole multiples of it in the single variable dim."""
+    if dims.count(-1) > 1:
+        raise InvalidInput(f"input '{name}' has more than one variable dimension")
+    fixed = math.prod(d for d in dims if d != -1) * datatypes.element_size(datatype)
+    fits = size == fixed if -1 not in dims else fixed > 0 and size % fixed == 0
+    if not fits:
+        expected = f"{fixed} bytes" if -1 not in dims else f"a multiple of {fixed} bytes"
+        raise InvalidInput(
+            f"raw binary body of {size} bytes does not fit input '{name}' {dims} "
+            f"{datatype}: expected {expected}"
+        )
+    return tuple(size // fixed if d == -1 else d for d in dims)
 
 
 def v2_routes(handlers: V2Handlers) -> list[BaseRoute]:
@@ -286,7 +321,8 @@ def create_http_app(
     with the inference routes taken straight (``HotRoutes``)."""
     if gate is None:
         gate = ModelControlGate(settings.enable_model_control, settings.api_token())
-    handlers = V2Handlers(service, gate, settings.max_request_bytes)
+    handlers = V2Handlers(service, gate, settings.max_request_bytes,
+                          TensorLimits.from_settings(settings), settings.max_response_bytes)
     routes = [*v2_routes(handlers), *extra_routes]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
     return HotRoutes(app, routes)

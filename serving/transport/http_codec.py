@@ -9,7 +9,6 @@ binary chunk), never element by element, except BYTES whose elements are separat
 from __future__ import annotations
 
 import json
-import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,8 @@ import numpy as np
 
 from serving.core import datatypes
 from serving.core.types import InferRequest, InferResponse, ParamValue, RequestedOutput, Tensor
-from serving.errors import InvalidInput, PayloadTooLarge
+from serving.core.validation import DEFAULT_LIMITS, ElementBudget, TensorLimits
+from serving.errors import InvalidInput, PayloadTooLarge, ResponseTooLarge
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -105,6 +105,13 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
         doc = json.loads(raw) if raw else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"{what} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        # The parser's depth limit (the interpreter's recursion limit, 1000 by default): a
+        # deeply nested document is a client error, not a crash of the handler.
+        raise InvalidInput(f"{what} is nested too deeply to parse") from None
+    except ValueError as exc:
+        # Integers longer than Python's int conversion limit (4300 digits) land here.
+        raise InvalidInput(f"{what} is not acceptable JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidInput(f"{what} must be a JSON object")
     return doc
@@ -113,6 +120,29 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
 def parse_json_body(raw: bytes, what: str = "request body") -> dict[str, Any]:
     """A JSON object body (empty body = ``{}``); clear 400 when it is anything else."""
     return _json_object(raw, what)
+
+
+# Commas, brackets and braces of a v2 header outside its tensor data: far fewer than this.
+_STRUCTURE_ALLOWANCE = 4096
+
+
+def check_json_values(raw: bytes, limits: TensorLimits = DEFAULT_LIMITS) -> None:
+    """Refuse, before parsing, a JSON header that holds more values than a request may.
+
+    Parsing builds a Python object per value (a 64 MiB body of ``[],`` is 1.2 GB of lists), so
+    the element limit is checked against an upper bound of the value count first: every value
+    but the first of a list follows a comma. Commas inside strings count too, which only errs
+    towards refusing; the message says which limit to raise.
+    """
+    bound = limits.max_elements + _STRUCTURE_ALLOWANCE
+    if len(raw) // 2 <= bound:
+        return  # too short to hold more values than the limit (each needs 2 bytes)
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+    if values > bound:
+        raise InvalidInput(
+            f"inference request header holds up to {values} JSON values, over the limit of "
+            f"{limits.max_elements} elements per request (setting max_request_elements)"
+        )
 
 
 def _parameters(obj: dict[str, Any], where: str) -> dict[str, ParamValue]:
@@ -136,8 +166,15 @@ def _shape(obj: dict[str, Any], name: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _array_from_json(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
-    expected = math.prod(shape)
+def _array_from_json(data: Any, datatype: str, shape: tuple[int, ...], name: str,
+                     expected: int) -> np.ndarray:
+    # A flat list holds every element, a nested one shape[0] rows: anything else is refused
+    # before numpy walks it.
+    if isinstance(data, list) and len(data) not in (expected, shape[0] if shape else 1):
+        raise InvalidInput(
+            f"input '{name}': 'data' holds {len(data)} elements at its top level, shape "
+            f"{list(shape)} needs {expected}"
+        )
     try:
         if datatype == "BYTES":
             flat = np.asarray(data, dtype=object).reshape(-1)
@@ -167,9 +204,14 @@ def _array_from_binary(chunk: memoryview, datatype: str, shape: tuple[int, ...],
 
 
 def decode_infer_request(
-    model_name: str, model_version: str, header: dict[str, Any], binary: memoryview | bytes
+    model_name: str, model_version: str, header: dict[str, Any], binary: memoryview | bytes,
+    limits: TensorLimits = DEFAULT_LIMITS,
 ) -> DecodedRequest:
-    """Build the neutral request from the JSON header and the binary section that follows it."""
+    """Build the neutral request from the JSON header and the binary section that follows it.
+
+    Each input's datatype and shape are checked against ``limits`` before its data is read.
+    """
+    budget = ElementBudget(limits)
     inputs_doc = header.get("inputs")
     if not isinstance(inputs_doc, list) or not inputs_doc:
         raise InvalidInput("request must contain a non-empty 'inputs' list")
@@ -184,6 +226,8 @@ def decode_infer_request(
         if not isinstance(datatype, str):
             raise InvalidInput(f"input '{name}': 'datatype' must be a string")
         shape = _shape(item, name)
+        datatypes.triton_to_numpy(datatype)  # an unknown datatype fails before anything else
+        count = budget.take(name, datatype, shape)
         params = _parameters(item, f"input '{name}'")
         size = params.pop(_BINARY_SIZE, None)
         if size is not None:
@@ -202,7 +246,7 @@ def decode_infer_request(
         else:
             if "data" not in item:
                 raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
-            data = _array_from_json(item["data"], datatype, shape, name)
+            data = _array_from_json(item["data"], datatype, shape, name, count)
         inputs.append(Tensor(name=name, datatype=datatype, shape=shape, data=data, parameters=params))
     if offset != len(binary_view):
         raise InvalidInput(
@@ -296,3 +340,72 @@ def encode_infer_response(
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
+
+
+# Per-element sizes of a JSON output: the least any value takes ("0," / "\"\","), and a
+# typical one, which is what the encoding time scales with.
+_JSON_FLOOR = {"BYTES": 3}
+_JSON_TYPICAL = {"BYTES": 16, "BOOL": 6, "FP16": 20, "FP32": 20, "FP64": 22}
+MIN_COMPRESS_BYTES = 1024  # tiny bodies grow when compressed; HTTP lets them go as they are
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCost:
+    """Sizes of a response known before it is encoded."""
+
+    floor_bytes: int  # no encoding of the outputs is smaller
+    typical_bytes: int  # about what the encoding will produce (the encoding time scales with it)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedResponse:
+    body: bytes
+    json_length: int | None  # Inference-Header-Content-Length when binary outputs follow
+    content_encoding: str | None  # gzip / deflate when the body was compressed
+
+
+def response_cost(
+    response: InferResponse, binary_default: bool, binary_outputs: dict[str, bool]
+) -> ResponseCost:
+    """Bounds of the body :func:`encode_infer_response` would build, from shapes alone."""
+    floor = typical = 0
+    for tensor in response.outputs:
+        count = int(tensor.data.size)
+        if binary_outputs.get(tensor.name, binary_default):
+            size = datatypes.element_size(tensor.datatype)
+            per = size if size else 4  # a BYTES element is at least its length prefix
+            floor += count * per
+            typical += count * (per + (8 if not size else 0))
+        else:
+            floor += count * _JSON_FLOOR.get(tensor.datatype, 2)
+            typical += count * _JSON_TYPICAL.get(tensor.datatype, 8)
+    return ResponseCost(floor, typical)
+
+
+def check_response_floor(cost: ResponseCost, max_bytes: int) -> None:
+    """Refuse before encoding a response that cannot fit ``max_bytes`` in any encoding."""
+    if cost.floor_bytes > max_bytes:
+        raise ResponseTooLarge(
+            f"the response would be at least {cost.floor_bytes} bytes, over the limit of "
+            f"{max_bytes} bytes (setting max_response_bytes); send a smaller request"
+        )
+
+
+def encode_http_response(
+    response: InferResponse, binary_default: bool, binary_outputs: dict[str, bool],
+    encoding: str | None, max_bytes: int,
+) -> EncodedResponse:
+    """Encode, check the size against ``max_bytes``, and compress when ``encoding`` says so.
+
+    Pure and thread-safe: the HTTP app runs it off the event loop for large responses.
+    """
+    body, json_length = encode_infer_response(response, binary_default, binary_outputs)
+    if len(body) > max_bytes:
+        hint = "" if json_length is not None else "; binary outputs are smaller"
+        raise ResponseTooLarge(
+            f"the response is {len(body)} bytes, over the limit of {max_bytes} bytes "
+            f"(setting max_response_bytes){hint}"
+        )
+    if encoding is None or len(body) < MIN_COMPRESS_BYTES:
+        return EncodedResponse(body, json_length, None)
+    return EncodedResponse(compress(body, encoding), json_length, encoding)
