@@ -309,6 +309,7 @@ class Supervisor:
     async def _from_worker(self, slot: WorkerSlot, method: str, params: dict[str, Any]) -> Any:
         if method == "loading":
             slot.loading = str(params["model"])
+            logger.info("worker %d loading model '%s'", slot.index, slot.loading)
         elif method == "loaded":
             slot.loading = ""
             task = asyncio.create_task(self._admit(slot))

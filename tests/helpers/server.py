@@ -91,7 +91,8 @@ def start_server(
         "--management-port", str(ports[3]),
         *(extra_args or []),
     ]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    # One process unless a test asks for workers: the suite runs beside other servers on few cores.
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "CAPSERVE_WORKERS": "1", **(env or {})}
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
     server = ServerProcess(proc, ports[0], ports[1], ports[2], ports[3], log_path=log_path)

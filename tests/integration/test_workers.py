@@ -1,0 +1,284 @@
+"""``--workers 2``: one server as clients see it, over two serving processes.
+
+Requests from many connections reach both workers (the ``capserve-worker`` response header says
+which); statistics and ``/metrics`` count exactly the requests sent over both dialects and both
+transports; model control reaches every worker before it answers; a worker killed with
+``kill -9`` costs only its own in-flight requests and is replaced; SIGTERM drains every worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import psutil
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.generated import torchserve_inference_pb2 as inf
+from serving.generated import torchserve_inference_pb2_grpc as inf_grpc
+from tests.helpers.server import ServerProcess, http_status, start_server
+from tests.integration.conftest import API_TOKEN, SLOW_WIDTH
+from tests.integration.test_shutdown import GRACE_S, Outcome, _grpc_client, _http_client
+
+pytestmark = pytest.mark.integration
+
+DIGIT = (Path(__file__).parents[1] / "data" / "images" / "digit7.png").read_bytes()
+X = np.zeros((1, 1, 28, 28), np.float32)
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+def _lenet_store(default_store: Path, tmp: Path) -> Path:
+    store = tmp / "model_store"
+    store.mkdir()
+    shutil.copytree(default_store / "lenet", store / "lenet")
+    return store
+
+
+@pytest.fixture(scope="module")
+def two(default_store: Path, token_file: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    store = _lenet_store(default_store, tmp_path_factory.mktemp("workers-store"))
+    server = start_server(store, tmp_path_factory.mktemp("workers-logs"), extra_args=[
+        "--workers", "2", "--enable-model-control", "--api-token-file", str(token_file)])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _workers(server: ServerProcess) -> list[psutil.Process]:
+    return [p for p in psutil.Process(server.proc.pid).children()
+            if "serving.workers.worker" in " ".join(p.cmdline())]
+
+
+def _metric(server: ServerProcess, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def _v2_infer_new_connection(server: ServerProcess) -> str:
+    """One v2 JSON request on a connection of its own; returns the worker that answered."""
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                        "data": X.ravel().tolist()}]}
+    with httpx.Client(timeout=30) as c:
+        r = c.post(server.base + "/v2/models/lenet/infer", json=body)
+    assert r.status_code == 200, r.text
+    return r.headers["capserve-worker"]
+
+
+def _predictions_new_connection(server: ServerProcess) -> httpx.Response:
+    with httpx.Client(timeout=30) as c:
+        return c.post(server.base + "/predictions/lenet", content=DIGIT)
+
+
+def _ready_within(server: ServerProcess, seconds: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        if http_status(server.base + "/v2/health/ready") == 200:
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise AssertionError(f"not ready within {seconds} s:\n{server.log()[-3000:]}")
+
+
+def test_both_workers_serve_and_every_request_is_counted_once(two: ServerProcess) -> None:
+    assert len(_workers(two)) == 2
+    before = _metric(two, "capserve_request_success_total", model="lenet", version="1")
+    seen = {_v2_infer_new_connection(two) for _ in range(30)}
+    assert seen == {"0", "1"}, seen
+    for _ in range(10):
+        r = _predictions_new_connection(two)
+        assert r.status_code == 200 and next(iter(r.json())) == "7", r.text
+    for _ in range(10):
+        client = grpcclient.InferenceServerClient(two.grpc_url)
+        inp = grpcclient.InferInput("input", [1, 1, 28, 28], "FP32")
+        inp.set_data_from_numpy(X)
+        assert client.infer("lenet", [inp]).as_numpy("logits").shape == (1, 10)
+        client.close()
+    for _ in range(10):
+        with grpc.insecure_channel(two.grpc_url) as channel:
+            reply = inf_grpc.InferenceAPIsServiceStub(channel).Predictions(
+                inf.PredictionsRequest(model_name="lenet", input={"data": DIGIT}))
+            assert b'"7"' in reply.prediction
+    sent = 60
+    stats = httpclient.InferenceServerClient(two.http_url).get_inference_statistics("lenet")
+    grpc_stats = grpcclient.InferenceServerClient(two.grpc_url).get_inference_statistics(
+        "lenet", as_json=True)
+    for doc in (stats, grpc_stats):
+        model = doc["model_stats"][0]
+        assert int(model["inference_count"]) == sent, doc
+        assert int(model["inference_stats"]["success"]["count"]) == sent, doc
+    assert _metric(two, "capserve_request_success_total", model="lenet",
+                   version="1") - before == sent
+    assert _metric(two, "capserve_workers_ready") == 2
+
+
+def test_model_control_reaches_every_worker(two: ServerProcess) -> None:
+    with httpx.Client(timeout=60) as c:
+        r = c.post(two.base + "/v2/repository/models/lenet/unload", headers=AUTH)
+        assert r.status_code == 200, r.text
+    v2 = [httpx.post(two.base + "/v2/models/lenet/infer", timeout=10, json={
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                    "data": X.ravel().tolist()}]}) for _ in range(25)]
+    ts = [_predictions_new_connection(two) for _ in range(25)]
+    v2_answers = {(r.status_code, r.json()["error"]) for r in v2}
+    ts_answers = {(r.status_code, r.json()["message"]) for r in ts}
+    assert len(v2_answers) == 1 and len(ts_answers) == 1, (v2_answers, ts_answers)
+    (v2_status, v2_error), (ts_status, ts_error) = v2_answers.pop(), ts_answers.pop()
+    assert v2_status in (400, 404, 503) and "lenet" in v2_error, v2_error
+    assert ts_status in (404, 503) and "lenet" in ts_error, ts_error
+    assert {r.headers["capserve-worker"] for r in v2 + ts} == {"0", "1"}
+    with httpx.Client(timeout=120) as c:
+        r = c.post(two.base + "/v2/repository/models/lenet/load", headers=AUTH)
+        assert r.status_code == 200, r.text
+    for _ in range(25):
+        assert _v2_infer_new_connection(two) in ("0", "1")
+        assert _predictions_new_connection(two).status_code == 200
+
+
+def _keepalive_client(server: ServerProcess, stop: threading.Event,
+                      out: list[tuple[str, str]]) -> None:
+    """Predictions on one keep-alive connection; each outcome with the worker of that
+    connection (the last one that answered on it)."""
+    worker = "?"
+    client = httpx.Client(timeout=30)
+    while not stop.is_set():
+        try:
+            r = client.post(server.base + "/predictions/lenet", content=DIGIT)
+            worker = r.headers.get("capserve-worker", "?")
+            out.append(("ok" if r.status_code == 200 else f"{r.status_code}", worker))
+        except httpx.TransportError as exc:
+            out.append((f"transport: {type(exc).__name__}", worker))
+            client.close()
+            client = httpx.Client(timeout=30)
+            worker = "?"
+    client.close()
+
+
+def test_kill_9_costs_only_the_killed_workers_requests(two: ServerProcess) -> None:
+    victim = next(p for p in _workers(two) if "CAPSERVE_WORKER_SETTINGS" in p.environ()
+                  and '"worker_id": 1' in p.environ()["CAPSERVE_WORKER_SETTINGS"])
+    stop = threading.Event()
+    outcomes: list[list[tuple[str, str]]] = [[] for _ in range(8)]
+    threads = [threading.Thread(target=_keepalive_client, args=(two, stop, out), daemon=True)
+               for out in outcomes]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.5)
+        victim.kill()
+        killed = time.monotonic()
+        back = _ready_within(two, 10.0)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    flat = [o for per in outcomes for o in per]
+    failures = [o for o in flat if o[0] != "ok"]
+    assert sum(o[0] == "ok" for o in flat) > 50
+    # Every failure was on a connection the killed worker held, at most one per connection.
+    assert all(worker == "1" for _, worker in failures), failures
+    assert len(failures) <= len(outcomes), failures
+    assert back < 10.0
+    assert re.search(r"worker 1 \(pid \d+\) killed by SIGKILL", two.log()), two.log()[-2000:]
+    assert _metric(two, "capserve_worker_exits_total", cause="signal:SIGKILL") >= 1
+    assert time.monotonic() - killed < 30
+    assert len(_workers(two)) == 2
+
+
+def _worker_pid(server: ServerProcess, worker: int) -> int | None:
+    for p in _workers(server):
+        with contextlib.suppress(psutil.Error):
+            if f'"worker_id": {worker},' in p.environ().get("CAPSERVE_WORKER_SETTINGS", ""):
+                return p.pid
+    return None
+
+
+def test_worker_that_dies_while_loading_backs_off_and_names_the_model(
+        tiny_store: Path, tmp_path: Path) -> None:
+    """A worker killed each time it loads a model (as an out-of-memory kill would) is
+    restarted with a growing delay, and the log names the model it was loading."""
+    store = tmp_path / "model_store"
+    shutil.copytree(tiny_store / "slow", store / "heavy")
+    config = store / "heavy" / "config.pbtxt"
+    # A long warm-up keeps the worker inside the load long enough to be killed there.
+    config.write_text(config.read_text() + (
+        'model_warmup { name: "w" batch_size: 1 count: 600 inputs { key: "x" value { '
+        f'data_type: TYPE_FP32 dims: [ {SLOW_WIDTH} ] zero_data: true }} }} }}\n'))
+    server = start_server(store, tmp_path, extra_args=["--workers", "2"], wait_ready=False)
+    try:
+        for round_ in range(1, 4):
+            deadline = time.monotonic() + 60
+            while server.log().count("worker 0 loading model 'heavy'") < round_:
+                assert time.monotonic() < deadline, server.log()[-3000:]
+                time.sleep(0.1)
+            pid = _worker_pid(server, 0)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            while server.log().count("worker 0 (pid") < round_:
+                assert time.monotonic() < deadline, server.log()[-3000:]
+                time.sleep(0.1)
+        log = server.log()
+        assert log.count("killed by SIGKILL (kill -9 or the kernel's out-of-memory killer) "
+                         "while loading model 'heavy'") == 3, log[-3000:]
+        delays = [float(d) for d in re.findall(r"worker 0 .*starting it again in ([\d.]+) s",
+                                               log)]
+        assert delays == [1.0, 2.0, 4.0], delays
+        # The supervisor and the other worker still answer liveness; the server is not ready.
+        assert http_status(server.base + "/v2/health/live") == 200
+        assert http_status(server.base + "/v2/health/ready") == 503
+    finally:
+        assert server.stop(timeout=60) == 0
+
+
+def test_sigterm_with_two_workers_drains_accepted_work(tiny_store: Path, tmp_path: Path) -> None:
+    server = start_server(tiny_store, tmp_path, extra_args=[
+        "--workers", "2", "--shutdown-grace-seconds", str(GRACE_S)])
+    stop = threading.Event()
+    outcomes: list[list[Outcome]] = [[] for _ in range(16)]
+    threads = [threading.Thread(target=_grpc_client if i % 2 else _http_client,
+                                args=(server, stop, outcomes[i]), daemon=True)
+               for i in range(16)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(timeout=GRACE_S + 15)
+        exited = time.monotonic()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=GRACE_S + 15)
+        if server.proc.poll() is None:
+            server.stop(signal.SIGKILL)
+    log = server.log()
+    assert code == 0, log[-3000:]
+    assert exited - signalled < GRACE_S + 5, log[-3000:]
+    flat = [o for per in outcomes for o in per]
+    assert not [o for o in flat if o.result not in ("ok", "refused")]
+    accepted = sum(int(n) for n in re.findall(r"draining: readiness is false, (\d+) requests",
+                                                log))
+    assert log.count("drained: 0 requests still in flight") == 2, log[-3000:]
+    assert sum(o.result == "ok" for o in flat if o.finished > signalled) >= accepted
