@@ -31,6 +31,7 @@ from serving.errors import InvalidInput, ServingError
 from serving.logs import new_request_id, request_id_var
 from serving.tasks.options import TaskOptions
 from serving.tasks.registry import TaskResult
+from serving.transport.disconnect import cancel_on_disconnect
 from serving.transport.errors import classify
 from serving.transport.http_app import header, read_body
 
@@ -144,7 +145,8 @@ class TorchServeHandlers:
         options = TaskOptions.parse(request.query_params, header(request, "accept") or "")
         images = await _images(request, self.limit)
         run = self.pipelines.explain if explain else self.pipelines.predict
-        return await run(model, version, images, options)
+        # The body is read: a client that hangs up now frees its queue slots unrun.
+        return await cancel_on_disconnect(request, run(model, version, images, options))
 
     async def predictions(self, request: Request) -> Response:
         return combine(await self._run(request, explain=False))
@@ -168,7 +170,7 @@ class TorchServeHandlers:
         images = [_instance(item, i) for i, item in enumerate(instances)]
         options = TaskOptions.parse(request.query_params, header(request, "accept") or "")
         run = self.pipelines.explain if verb == "explain" else self.pipelines.predict
-        results = await run(model, "", images, options)
+        results = await cancel_on_disconnect(request, run(model, "", images, options))
         key = "explanations" if verb == "explain" else "predictions"
         return Response(b'{"' + key.encode() + b'":' + json_list(results) + b"}",
                         media_type="application/json")
