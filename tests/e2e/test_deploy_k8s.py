@@ -84,7 +84,11 @@ def test_deployment_probes_ports_and_command(docs: dict[str, dict[str, Any]]) ->
     assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
-    assert pod["terminationGracePeriodSeconds"] > float(env["CAPSERVE_SHUTDOWN_GRACE_SECONDS"])
+    # preStop: keep serving while endpoints drop the pod, then SIGTERM drains within the grace.
+    pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and 1 <= int(pre_stop[1]) <= 15
+    assert pod["terminationGracePeriodSeconds"] > int(pre_stop[1]) + float(
+        env["CAPSERVE_SHUTDOWN_GRACE_SECONDS"])
     assert pod["securityContext"]["runAsNonRoot"] is True
     dockerfile_user = re.findall(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M)[-1]
     assert pod["securityContext"]["runAsUser"] == int(dockerfile_user)
