@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     """Largest v2 HTTP inference response body (before compression), in bytes; over it the
     request fails with 400 naming this setting. gRPC answers are bounded by
     ``grpc_max_message_bytes``."""
+    max_mask_json_values: int = Field(default=4 * 1024 * 1024, gt=0)
+    """Most numbers in the segmentation JSON answers of one request, shared by its images: a
+    larger mask comes back at a reduced size of the same aspect ratio (``scaled_from`` names
+    the image's size); probabilities over it are refused with 413. PNG masks are not capped."""
+    max_request_image_pixels: int = Field(default=160_000_000, gt=0)
+    """Most pixels all images of one image request may have together (each image is also
+    bounded by ``max_image_pixels``); checked from the decoders' sizes before decoding, 413."""
 
     @field_validator("workers")
     @classmethod

@@ -313,6 +313,22 @@ def is_small_image(data: bytes) -> bool:
     return width * height <= INLINE_MAX_PIXELS
 
 
+def total_pixels(images: list[bytes]) -> int:
+    """Pixels the images decode to, all together, read from headers and first-frame
+    descriptors only. One that cannot be opened counts 0: its own decode says what is wrong."""
+    total = 0
+    for data in images:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = decoded_size(image, image.format or "unknown")
+        except Image.DecompressionBombError:
+            width, height = 2 * (Image.MAX_IMAGE_PIXELS or 0) + 1, 1
+        except Exception:
+            continue
+        total += width * height
+    return total
+
+
 def encode_image(array_hwc: np.ndarray, fmt: str, quality: int = 95) -> bytes:
     """Encode a uint8 HWC (or HW) array as PNG or JPEG."""
     image = Image.fromarray(array_hwc)

@@ -9,6 +9,9 @@ from serving.errors import InvalidInput
 
 FORMATS = ("json", "png", "jpeg")
 MAX_TOPK = 1000
+# Numbers a segmentation JSON answer may hold (the mask, and separately the probabilities),
+# unless the server sets it from max_mask_json_values; 2048x2048.
+DEFAULT_MASK_JSON_VALUES = 4 * 1024 * 1024
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
@@ -23,6 +26,9 @@ class TaskOptions:
     # False when the format came from Accept: a task that cannot answer in it then uses its
     # default instead of failing (clients often send Accept: application/json by habit).
     explicit_format: bool = False
+    # Budget of numbers per segmentation JSON answer, set per request by the server (its
+    # limit divided among the request's images); not a client option.
+    mask_json_values: int = DEFAULT_MASK_JSON_VALUES
 
     @classmethod
     def parse(cls, query: Mapping[str, str], accept: str = "") -> TaskOptions:

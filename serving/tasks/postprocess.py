@@ -9,13 +9,16 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from serving.errors import PayloadTooLarge
 from serving.tasks.images import Box, encode_image
+from serving.tasks.options import DEFAULT_MASK_JSON_VALUES
 
 JSON = "application/json"
 PNG = "image/png"
@@ -103,22 +106,50 @@ def mask_png(mask: np.ndarray, num_classes: int) -> bytes:
 
 def segmentation_json(logits_chw: np.ndarray, labels: Sequence[str], size: tuple[int, int],
                       probabilities: bool, fed_size: tuple[int, int] | None = None,
-                      box: Box | None = None) -> dict[str, Any]:
+                      box: Box | None = None,
+                      max_values: int = DEFAULT_MASK_JSON_VALUES) -> dict[str, Any]:
     """Class grid at ``size``; with ``probabilities`` also each class's per-pixel probability
-    (at the model's output resolution, to keep answers small)."""
-    mask = mask_at(logits_chw, size, fed_size, box)
+    (at the model's output resolution, to keep answers small).
+
+    The grid holds at most ``max_values`` numbers: a larger image's mask comes at a reduced size
+    with the image's aspect ratio (``width``/``height`` say which, ``scaled_from`` the image's
+    own size), as TorchServe's segmenter answers below the original resolution. Probabilities
+    over ``max_values`` numbers are refused (413 naming the limit): they cannot be shrunk
+    without changing what they mean."""
     num = logits_chw.shape[0]
+    if probabilities and num * logits_chw.shape[1] * logits_chw.shape[2] > max_values:
+        raise PayloadTooLarge(
+            f"probabilities of {num} classes at {logits_chw.shape[2]}x{logits_chw.shape[1]} are "
+            f"{num * logits_chw.shape[1] * logits_chw.shape[2]} numbers, over the limit of "
+            f"{max_values} per image of this request (max_mask_json_values); ask for the mask "
+            "alone, as PNG, or send a smaller image")
+    grid = fit_pixels(size, max_values)
+    mask = mask_at(logits_chw, grid, fed_size, box)
     body: dict[str, Any] = {
-        "width": size[0], "height": size[1],
+        "width": grid[0], "height": grid[1],
         "labels": [label_of(labels, i) for i in range(num)],
         "mask": mask.tolist(),
     }
+    if grid != size:
+        body["scaled_from"] = [size[0], size[1]]
     if probabilities:
         probs = softmax(logits_chw, axis=0)
         body["probabilities_size"] = [int(probs.shape[2]), int(probs.shape[1])]
         body["probabilities"] = {label_of(labels, i): np.round(probs[i], 6).tolist()
                                  for i in range(num)}
     return body
+
+
+def fit_pixels(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    """``size`` itself, or the largest size of the same aspect ratio within ``max_pixels``."""
+    width, height = size
+    if width * height <= max_pixels:
+        return size
+    scale = math.sqrt(max(1, max_pixels) / (width * height))
+    fitted = (max(1, math.floor(width * scale)), max(1, math.floor(height * scale)))
+    while fitted[0] * fitted[1] > max(1, max_pixels):  # rounding of very thin images
+        fitted = (max(1, fitted[0] - 1), max(1, fitted[1] - 1))
+    return fitted
 
 
 def to_uint8_hwc(image_chw: np.ndarray) -> np.ndarray:

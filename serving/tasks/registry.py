@@ -22,10 +22,10 @@ import numpy as np
 from PIL import Image
 
 from serving.core.types import InferRequest, RequestedOutput, Tensor
-from serving.errors import InvalidInput
+from serving.errors import InvalidInput, PayloadTooLarge
 from serving.tasks import explain as explain_mod
 from serving.tasks import postprocess as post
-from serving.tasks.images import Prepared, is_small_image, prepare
+from serving.tasks.images import Prepared, is_small_image, prepare, total_pixels
 from serving.tasks.options import TaskOptions
 from serving.tasks.spec import TaskSpec
 
@@ -66,6 +66,8 @@ class TaskRegistry:
             Image.MAX_IMAGE_PIXELS = self._max_pixels
         # (model, version) -> (the config message it was built from, the pipeline entry)
         self._models: dict[tuple[str, str], tuple[ModelConfig, _Model]] = {}
+        self._mask_json_values = int(settings.max_mask_json_values)
+        self._request_pixels = int(settings.max_request_image_pixels)
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(settings.image_workers)),
                                         thread_name_prefix="capserve-image")
 
@@ -118,6 +120,13 @@ class TaskRegistry:
                                f"{MAX_IMAGES_PER_REQUEST}")
         if len(images) == 1:
             return [await self._prepare(spec, images[0])]
+        # Each image is within max_image_pixels; together they must be within this too, or
+        # one multipart request of 64 parts could make 64 full-size decodes.
+        total = await self._run(total_pixels, list(images))
+        if total > self._request_pixels:
+            raise PayloadTooLarge(
+                f"the {len(images)} images of this request have {total} pixels together, over "
+                f"the limit of {self._request_pixels} pixels (max_request_image_pixels)")
         return list(await asyncio.gather(*(self._prepare(spec, img) for img in images)))
 
     async def _infer(self, model: _Model, version: str, tensor: np.ndarray,
@@ -151,6 +160,9 @@ class TaskRegistry:
         entry = self._model(model, version)
         prepared = await self._prepare_all(entry.spec, images)
         wanted = self._wanted(entry, options, explain=False)
+        # The JSON mask budget is per request: its images share it.
+        options = dataclasses.replace(
+            options, mask_json_values=max(1, self._mask_json_values // len(prepared)))
         if len(prepared) == 1:
             out = await self._infer(entry, version, prepared[0].tensor, wanted)
             return [await self._render(entry, prepared[0], out, options)]
@@ -228,7 +240,7 @@ def render(spec: TaskSpec, labels: Sequence[str], prepared: Prepared,
         if options.format == "json" or options.probabilities:
             body_json = post.segmentation_json(logits, labels, prepared.original_size,
                                                options.probabilities, prepared.fed_size,
-                                               prepared.content_box)
+                                               prepared.content_box, options.mask_json_values)
             return TaskResult(post.dumps(body_json), post.JSON)
         if options.format == "jpeg":
             raise InvalidInput("segmentation masks are PNG or JSON, not JPEG")
