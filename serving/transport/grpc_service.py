@@ -265,7 +265,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 def create_grpc_server(
     service: InferenceService, gate: ModelControlGate, max_message_bytes: int,
     reuse_port: bool = False, *, stream_max_inflight: int = 64,
-    max_concurrent_streams: int = 256,
+    max_concurrent_streams: int = 1024,
 ) -> tuple[aio.Server, Callable[[], None]]:
     """A grpc.aio server with the v2 and health services (the caller binds and starts it),
     and the function to call when draining begins (ends idle streams and health watches).
