@@ -27,6 +27,7 @@ class Options:
     torchserve_batch: int = 8
     max_delay_ms: int = 5
     smoke: bool = False
+    workers_sweep: bool = True  # lenet on --workers 1 too, beside the default auto
     out: Path = REPO_ROOT / "bench" / "results"
     docs: Path | None = REPO_ROOT / "docs" / "benchmarks.md"
     img_dir: Path = REPO_ROOT / "docs" / "img" / "bench"
@@ -81,6 +82,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"load generators among {','.join(CLIENTS)} (default hey,perf_analyzer,grpc)")
     p.add_argument("--skip-torchserve", action="store_true", help="do not start TorchServe")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    p.add_argument("--no-workers-sweep", action="store_true",
+                   help="skip the lenet runs on --workers 1 (compared with --workers auto)")
     p.add_argument("--profile-seconds", type=float, default=15.0)
     p.add_argument("--capserve-max-batch", type=int, default=16,
                    help="capserve max_batch_size for the benchmarked models (default 16)")
@@ -114,7 +117,7 @@ def from_args(args: argparse.Namespace) -> Options:
         profile=not args.no_profile, profile_s=args.profile_seconds,
         capserve_max_batch=args.capserve_max_batch, torchserve_batch=args.torchserve_batch,
         max_delay_ms=args.max_delay_ms, smoke=args.smoke, out=args.out, docs=args.docs,
-        img_dir=args.img_dir, cache=args.cache,
+        img_dir=args.img_dir, cache=args.cache, workers_sweep=not args.no_workers_sweep,
     )
     if opts.smoke:
         opts.models = ["lenet"]

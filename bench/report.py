@@ -90,9 +90,9 @@ def _load(results: Results, model: str) -> str:
                   key=lambda r: (r.client, r.endpoint, r.concurrency, r.server))
     rows = [[r.server, r.client, r.endpoint, str(r.concurrency), _f(r.throughput_rps),
              _f(r.p50_ms, 2), _f(r.p90_ms, 2), _f(r.p99_ms, 2), str(r.requests), str(r.errors),
-             _f(r.mean_batch_size, 2)] for r in runs]
+             _f(r.mean_batch_size, 2), _f(r.server_cpu_us, 0)] for r in runs]
     return table(["server", "client", "endpoint", "conc.", "req/s", "p50 ms", "p90 ms",
-                  "p99 ms", "requests", "errors", "mean batch"], rows)
+                  "p99 ms", "requests", "errors", "mean batch", "server CPU us/req"], rows)
 
 
 def _ratios(results: Results) -> str:

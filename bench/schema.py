@@ -32,6 +32,9 @@ class LoadRun:
     p90_ms: float
     p99_ms: float
     mean_batch_size: float | None = None  # capserve only, from its Prometheus metrics
+    # CPU time of the whole server process tree (supervisor, workers; TorchServe's JVM and its
+    # Python workers) per request of this run, from /proc: the figure that holds on any machine.
+    server_cpu_us: float | None = None
     note: str = ""
 
 

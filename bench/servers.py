@@ -81,6 +81,25 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and every descendant alive now."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue  # exited between the listing and the read
+        total += times.user + times.system
+    return total
+
+
 def _wait(server: Server, ready: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,7 +114,8 @@ def _wait(server: Server, ready: Callable[[], bool], timeout: float) -> None:
 
 
 def start_capserve(store: Path, work: Path, prefix: list[str] | None = None,
-                   extra_args: list[str] | None = None, timeout: float = 240.0) -> Server:
+                   extra_args: list[str] | None = None, timeout: float = 240.0,
+                   name: str = "capserve") -> Server:
     """``python -m serving`` on free ports; ``prefix`` wraps it (py-spy record -- ...)."""
     http, grpc_port, metrics, management = (free_port() for _ in range(4))
     log_path = work / f"capserve-{http}.log"
@@ -106,7 +126,7 @@ def start_capserve(store: Path, work: Path, prefix: list[str] | None = None,
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
                                 start_new_session=True)
-    server = Server("capserve", proc, http, grpc_port, metrics, log_path)
+    server = Server(name, proc, http, grpc_port, metrics, log_path)
     _wait(server, lambda: http_get(server.http + "/v2/health/ready")[0] == 200, timeout)
     logger.info("capserve ready on %s (gRPC %s)", server.http, server.grpc_target)
     return server

@@ -95,10 +95,14 @@ def _http_runs(opts: Options, server: servers.Server, bodies: dict[str, Path],
 
 def _measure(results: Results, server: servers.Server, model: str, part: str,
              drive: Callable[[], LoadRun]) -> None:
-    before = servers.batch_counters(server, model) if server.name == "capserve" else None
+    before = servers.batch_counters(server, model) if server.name.startswith("capserve") else None
+    cpu_before = servers.tree_cpu_seconds(server.proc.pid)
     run = _attempt(results, part, drive)
     if not isinstance(run, LoadRun):
         return
+    if run.requests:
+        cpu = servers.tree_cpu_seconds(server.proc.pid) - cpu_before
+        run.server_cpu_us = round(cpu * 1e6 / run.requests, 1)
     if before is not None:
         after = servers.batch_counters(server, model)
         executions = after[1] - before[1]
@@ -122,6 +126,23 @@ def _perf_analyzer_runs(opts: Options, server: servers.Server, results: Results)
                                            model, conc, opts.duration_s, opts.work))
 
 
+def _workers_sweep(opts: Options, store: BenchStore, bodies: dict[str, Path],
+                   results: Results) -> None:
+    """The same lenet loads on ``--workers 1`` (server "capserve-w1"), beside the ``auto``
+    runs above: what the extra processes buy on this machine, in the same sitting."""
+    conc = max(opts.concurrency)
+    single = _attempt(results, "capserve --workers 1 start", lambda: servers.start_capserve(
+        store.capserve_store, opts.work, extra_args=["--workers", "1"], name="capserve-w1"))
+    if not isinstance(single, servers.Server):
+        return
+    sweep = Options(**{**opts.__dict__, "models": ["lenet"], "concurrency": [conc],
+                       "clients": [c for c in opts.clients if c == "hey"] or ["hey"]})
+    with servers.running(single):
+        _http_runs(sweep, single, bodies, results)
+        if "perf_analyzer" in opts.clients:
+            _perf_analyzer_runs(sweep, single, results)
+
+
 def run_sitting(opts: Options) -> Results:
     opts.work.mkdir(parents=True, exist_ok=True)
     results = Results(
@@ -132,7 +153,8 @@ def run_sitting(opts: Options) -> Results:
                   "ceiling_s": opts.ceiling_s, "clients": opts.clients,
                   "capserve_max_batch": opts.capserve_max_batch,
                   "torchserve_batch": opts.torchserve_batch, "max_delay_ms": opts.max_delay_ms,
-                  "torchserve_workers_per_model": 1, "store": str(opts.store)},
+                  "torchserve_workers_per_model": 1, "store": str(opts.store),
+                  "capserve_workers": "auto", "workers_sweep": opts.workers_sweep},
     )
     extra = []
     if "resnet18" in opts.models:
@@ -146,11 +168,15 @@ def run_sitting(opts: Options) -> Results:
 
     _ceiling(opts, store, specs, results)
 
-    capserve = servers.start_capserve(store.capserve_store, opts.work)
+    capserve = servers.start_capserve(store.capserve_store, opts.work,
+                                      extra_args=["--workers", "auto"])
     with servers.running(capserve):
         _http_runs(opts, capserve, bodies, results)
         if "perf_analyzer" in opts.clients:
             _perf_analyzer_runs(opts, capserve, results)
+
+    if opts.workers_sweep and "lenet" in opts.models:
+        _workers_sweep(opts, store, bodies, results)
 
     if opts.torchserve:
         archives = {m: store.archives[m] for m in opts.models if m in store.archives}

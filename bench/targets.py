@@ -94,8 +94,43 @@ def _targets(results: Results) -> list[dict[str, Any]]:
         lambda v: v >= 0.9,
         f"capserve {cap.throughput_rps:.1f} req/s, in-process {ceil.items_per_s:.1f} items/s"
         if cap and ceil else ""))
+    out.extend(_worker_targets(load))
     errors = results.total_errors()
     out.append({"target": "every run 0 errors", "threshold": "0", "measured": float(errors),
                 "met": errors == 0 and bool(load),
                 "detail": f"{len(load)} load runs, {len(results.skipped)} parts skipped"})
     return out
+
+
+def _find_endpoint(load: list[LoadRun], server: str, client: str, endpoint: str,
+                   conc: int) -> LoadRun | None:
+    return next((r for r in load if r.server == server and r.model == "lenet"
+                 and r.client == client and r.endpoint == endpoint
+                 and r.concurrency == conc), None)
+
+
+def _worker_targets(load: list[LoadRun]) -> list[dict[str, Any]]:
+    """The multi-core targets: auto workers against one process, and CPU per request."""
+    auto = _find_endpoint(load, "capserve", "perf_analyzer", "v2-grpc", 32)
+    one = _find_endpoint(load, "capserve-w1", "perf_analyzer", "v2-grpc", 32)
+    rows = [_target(
+        "lenet v2-grpc perf_analyzer c=32: --workers auto vs --workers 1", ">= 1.5x",
+        [auto, one], lambda: _ratio(auto.throughput_rps, one.throughput_rps),  # type: ignore[union-attr]
+        lambda v: v >= 1.5,
+        f"auto {auto.throughput_rps:.0f} infer/s, one process {one.throughput_rps:.0f} infer/s"
+        if auto and one else "")]
+    cap = _find(load, "capserve", "lenet", "hey", 32)
+    ts = _find(load, "torchserve", "lenet", "hey", 32)
+    rows.append(_target(
+        "lenet /predictions c=32 throughput vs TorchServe (workers auto)", ">= 3x", [cap, ts],
+        lambda: _ratio(cap.throughput_rps, ts.throughput_rps),  # type: ignore[union-attr]
+        lambda v: v >= 3.0,
+        f"capserve {cap.throughput_rps:.0f} req/s, TorchServe {ts.throughput_rps:.0f} req/s"
+        if cap and ts else ""))
+    rows.append(_target(
+        "lenet /predictions c=32 server CPU per request vs TorchServe", "<= 0.25x", [cap, ts],
+        lambda: _ratio(cap.server_cpu_us or 0.0, ts.server_cpu_us or 0.0),  # type: ignore[union-attr]
+        lambda v: v <= 0.25,
+        f"capserve {cap.server_cpu_us} us, TorchServe {ts.server_cpu_us} us of server CPU"
+        if cap and ts else ""))
+    return rows

@@ -49,8 +49,13 @@ def test_smoke_sitting_writes_complete_results_with_zero_errors(
     load = results["load"]
     assert {(r["client"], r["endpoint"]) for r in load} == {
         ("hey", "/predictions"), ("grpc_asyncio", "Predictions-grpc")}
+    # The default server runs --workers auto; the sweep adds the same hey load on --workers 1.
+    assert {r["server"] for r in load} == {"capserve", "capserve-w1"}
+    assert [r["client"] for r in load if r["server"] == "capserve-w1"] == ["hey"]
     for run in load:
-        assert run["server"] == "capserve" and run["model"] == "lenet"
+        assert run["model"] == "lenet"
+        # CPU of the server's whole process tree, per request: some CPU was spent on each.
+        assert run["server_cpu_us"] is not None and run["server_cpu_us"] > 0, run
         assert run["concurrency"] == 2
         assert run["errors"] == 0, run
         assert run["requests"] > 0 and run["throughput_rps"] > 0, run
