@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     max_request_image_pixels: int = Field(default=160_000_000, gt=0)
     """Most pixels all images of one image request may have together (each image is also
     bounded by ``max_image_pixels``); checked from the decoders' sizes before decoding, 413."""
+    http_max_concurrency: int = Field(default=2048, ge=1)
+    """Connections plus open requests an HTTP listener serves at once; past it uvicorn answers
+    503 at once instead of accepting more work (its ``limit_concurrency``)."""
 
     @field_validator("workers")
     @classmethod
