@@ -8,6 +8,7 @@ Errors are TorchServe's JSON ``{"code", "type", "message"}`` with the status of 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -18,7 +19,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from grpc import aio
 from starlette.applications import Starlette
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_PARTS = 64
+MAX_JSON_STRUCTURE = 4096  # commas, brackets and braces of a JSON body of MAX_PARTS images
+OFF_LOOP_BYTES = 256 * 1024
+T = TypeVar("T")
 _TS_VERSION = re.compile(r"^(\d+)(?:\.0+)?$")
 
 
@@ -81,23 +85,61 @@ def json_list(results: list[TaskResult]) -> bytes:
     return b"[" + b",".join(parts) + b"]"
 
 
+async def off_loop(fn: Callable[[bytes], T], body: bytes) -> T:
+    """``fn(body)`` on a worker thread when the body is large enough for parsing it to hold up
+    the event loop (a 64 MiB JSON body takes a good part of a second), else right here."""
+    if len(body) < OFF_LOOP_BYTES:
+        return fn(body)
+    return await asyncio.to_thread(fn, body)
+
+
+def load_json(body: bytes) -> Any:
+    """A TorchServe JSON body: a few images as base64 strings. Bodies with more structure than
+    that are refused before parsing, which would build a Python object per value."""
+    structure = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if structure > MAX_JSON_STRUCTURE:
+        raise InvalidInput(f"JSON body holds up to {structure} values, over the limit of "
+                           f"{MAX_JSON_STRUCTURE}; send at most {MAX_PARTS} images, each as one "
+                           "base64 string")
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise InvalidInput("JSON body is nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}") from None
+
+
+def _json_images(body: bytes) -> list[bytes]:
+    doc = load_json(body)
+    items = doc if isinstance(doc, list) else [doc]
+    if len(items) > MAX_PARTS:
+        raise InvalidInput(f"{len(items)} images in one request; the limit is {MAX_PARTS}")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("data"), str):
+            raise InvalidInput(f"JSON item {i} needs a base64 string field 'data'")
+        out.append(decode_b64(item["data"], f"JSON item {i} field 'data'"))
+    return out
+
+
+def _v1_images(body: bytes) -> list[bytes]:
+    doc = load_json(body)
+    instances = doc.get("instances") if isinstance(doc, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput('KServe v1 body needs a non-empty list "instances"')
+    if len(instances) > MAX_PARTS:
+        raise InvalidInput(f"{len(instances)} instances in one request; the limit is "
+                           f"{MAX_PARTS}")
+    return [_instance(item, i) for i, item in enumerate(instances)]
+
+
 async def _images(request: Request, limit: int) -> list[bytes]:
     body = await read_body(request, limit)
     ctype = (header(request, "content-type") or "").lower()
     if ctype.startswith("multipart/form-data"):
         return await _multipart(request, body)
     if ctype.startswith("application/json"):
-        try:
-            doc = json.loads(body)
-        except ValueError as exc:
-            raise InvalidInput(f"body is not valid JSON: {exc}") from None
-        items = doc if isinstance(doc, list) else [doc]
-        out = []
-        for i, item in enumerate(items):
-            if not isinstance(item, dict) or not isinstance(item.get("data"), str):
-                raise InvalidInput(f"JSON item {i} needs a base64 string field 'data'")
-            out.append(decode_b64(item["data"], f"JSON item {i} field 'data'"))
-        return out
+        return await off_loop(_json_images, body)
     return [body]
 
 
@@ -159,15 +201,7 @@ class TorchServeHandlers:
         model, _, verb = target.rpartition(":")
         if verb not in ("predict", "explain") or not model:
             raise InvalidInput(f"unknown KServe v1 verb in '{target}' (use :predict or :explain)")
-        body = await read_body(request, self.limit)
-        try:
-            doc = json.loads(body)
-        except ValueError as exc:
-            raise InvalidInput(f"body is not valid JSON: {exc}") from None
-        instances = doc.get("instances") if isinstance(doc, dict) else None
-        if not isinstance(instances, list) or not instances:
-            raise InvalidInput('KServe v1 body needs a non-empty list "instances"')
-        images = [_instance(item, i) for i, item in enumerate(instances)]
+        images = await off_loop(_v1_images, await read_body(request, self.limit))
         options = TaskOptions.parse(request.query_params, header(request, "accept") or "")
         run = self.pipelines.explain if verb == "explain" else self.pipelines.predict
         results = await cancel_on_disconnect(request, run(model, "", images, options))

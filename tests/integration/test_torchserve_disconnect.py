@@ -1,4 +1,5 @@
-"""TorchServe dialect: a client that hangs up frees its queue slot, its image is never run.
+"""TorchServe dialect: a client that hangs up frees its queue slot, its image is never run;
+hostile JSON bodies get a 400 before they are parsed into Python objects.
 
 Like the v2 test (test_v2_disconnect.py), on a slow image classifier: 28x28 greyscale in, a
 chain of identity matmuls inside, so queued work piles up behind one busy instance.
@@ -127,3 +128,20 @@ def test_client_that_disconnects_is_not_run(ts_server: ServerProcess, path: str,
     assert len(results) == BUSY_CLIENTS
     time.sleep(0.3)
     assert _inferences(ts_server) - before == BUSY_CLIENTS * IMAGES_PER_BUSY
+
+
+@pytest.mark.parametrize(("path", "body", "needle"), [
+    ("/predictions/slow_digits", b"[" * 3000 + b"]" * 3000, "nested too deeply"),
+    ("/predictions/slow_digits", b"[" + b"[]," * 300_000 + b"[]]", "over the limit of 4096"),
+    ("/v1/models/slow_digits:predict", b'{"instances": [' + b"{}," * 5000 + b"{}]}",
+     "over the limit of 4096"),
+    ("/v1/models/slow_digits:predict",
+     json.dumps({"instances": [base64.b64encode(_png()).decode()] * 65}).encode(),
+     "65 instances in one request; the limit is 64"),
+])
+def test_hostile_json_bodies_get_a_400(ts_server: ServerProcess, path: str, body: bytes,
+                                       needle: str) -> None:
+    resp = httpx.post(f"{ts_server.base}{path}", content=body, timeout=30,
+                      headers={"content-type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert needle in resp.json()["message"]
