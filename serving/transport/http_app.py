@@ -40,8 +40,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 # Bodies and responses up to these sizes are decoded / encoded on the event loop: handing
 # them to a thread costs more than the work (see docs/protocols.md for the measurement).
-INLINE_DECODE_BYTES = 64 * 1024
-INLINE_ENCODE_BYTES = 64 * 1024
+INLINE_DECODE_BYTES = 32 * 1024
+INLINE_ENCODE_BYTES = 32 * 1024
 
 
 def _guarded(handler: Endpoint) -> Endpoint:
