@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 STORE ?= model_store
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps protos lint test test-unit models store serve bench e2e-compose clean-store
+.PHONY: venv system-deps protos lint test test-unit models store serve bench reliability e2e-compose clean-store
 
 $(STAMP): pyproject.toml
 	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -44,6 +44,11 @@ serve: venv store
 
 bench: venv system-deps store
 	$(PYTHON) -m bench
+
+# Hostile input, overload, SIGTERM, hot swap, stuck backend and soak against real servers
+# (loopback, free ports, about 15 minutes; --quick for under 2): docs/reliability.md.
+reliability: venv system-deps store
+	$(PYTHON) -m bench.reliability
 
 # The whole Compose stack for real (needs a Docker engine; see docs/deploy.md).
 e2e-compose:

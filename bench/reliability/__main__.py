@@ -1,0 +1,5 @@
+import sys
+
+from bench.reliability.cli import main
+
+sys.exit(main())
