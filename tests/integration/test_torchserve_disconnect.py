@@ -18,12 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from serving.generated import torchserve_inference_pb2 as inf
+from serving.generated import torchserve_inference_pb2_grpc as inf_grpc
 from tests.helpers.server import ServerProcess, start_server
 from tests.integration.conftest import _save
 from tests.integration.test_v2_disconnect import _pending
@@ -105,6 +108,25 @@ def _raw_v1(path: str) -> bytes:
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
+def _hang_up_while_busy(server: ServerProcess, hang_up: Callable[[], None]) -> None:
+    """Run ``hang_up`` (queue one image, then leave) while the model is busy; the image must
+    never run."""
+    before = _inferences(server)
+    with ThreadPoolExecutor(BUSY_CLIENTS) as pool:
+        # Batches of images from several clients keep the single instance busy ...
+        busy = [pool.submit(_busy, server) for _ in range(BUSY_CLIENTS)]
+        deadline = time.monotonic() + 30
+        while _pending(server, "slow_digits") < 5:  # one running, several queued
+            assert time.monotonic() < deadline, "the busy requests never queued up"
+            time.sleep(0.005)
+        # ... while a client queues one more image and hangs up before its answer.
+        hang_up()
+        results: list[Any] = [future.result() for future in busy]
+    assert len(results) == BUSY_CLIENTS
+    time.sleep(0.3)
+    assert _inferences(server) - before == BUSY_CLIENTS * IMAGES_PER_BUSY
+
+
 @pytest.mark.parametrize(("path", "request_bytes"), [
     ("/predictions/slow_digits", _raw_png),
     ("/predictions/slow_digits/1.0", _raw_png),
@@ -112,22 +134,24 @@ def _raw_v1(path: str) -> bytes:
 ])
 def test_client_that_disconnects_is_not_run(ts_server: ServerProcess, path: str,
                                             request_bytes: Callable[[str], bytes]) -> None:
-    before = _inferences(ts_server)
-    with ThreadPoolExecutor(BUSY_CLIENTS) as pool:
-        # Batches of images from several clients keep the single instance busy ...
-        busy = [pool.submit(_busy, ts_server) for _ in range(BUSY_CLIENTS)]
-        deadline = time.monotonic() + 30
-        while _pending(ts_server, "slow_digits") < 5:  # one running, several queued
-            assert time.monotonic() < deadline, "the busy requests never queued up"
-            time.sleep(0.005)
-        # ... while a raw client queues one more image and hangs up before its answer.
+    def hang_up() -> None:
         with socket.create_connection(("127.0.0.1", ts_server.http_port), timeout=10) as sock:
             sock.sendall(request_bytes(path))
             time.sleep(0.005)
-        results: list[Any] = [future.result() for future in busy]
-    assert len(results) == BUSY_CLIENTS
-    time.sleep(0.3)
-    assert _inferences(ts_server) - before == BUSY_CLIENTS * IMAGES_PER_BUSY
+
+    _hang_up_while_busy(ts_server, hang_up)
+
+
+def test_grpc_call_cancelled_by_its_client_is_not_run(ts_server: ServerProcess) -> None:
+    def hang_up() -> None:
+        with grpc.insecure_channel(ts_server.grpc_url) as channel:
+            stub = inf_grpc.InferenceAPIsServiceStub(channel)
+            call = stub.Predictions.future(
+                inf.PredictionsRequest(model_name="slow_digits", input={"data": _png()}))
+            time.sleep(0.02)
+            call.cancel()
+
+    _hang_up_while_busy(ts_server, hang_up)
 
 
 @pytest.mark.parametrize(("path", "body", "needle"), [
