@@ -20,11 +20,12 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.core.limits import ServiceLimits
 from serving.core.metrics import Metrics
 from serving.core.repository import ModelRepository
 from serving.core.service import InferenceService
 from serving.settings import Settings
-from serving.transport.auth import ModelControlGate
+from serving.transport.auth import ModelControlGate, parse_allowed_hosts
 from serving.transport.grpc_service import create_grpc_server
 from serving.transport.http_app import create_http_app
 from serving.transport.http_listener import HttpListener, Listener
@@ -82,7 +83,8 @@ class Server:
         self.service = service
         self.registry = registry
         self.listeners: list[Listener] = []
-        gate = ModelControlGate(settings.enable_model_control, settings.api_token())
+        gate = ModelControlGate(settings.enable_model_control, settings.api_token(),
+                                allowed_hosts=parse_allowed_hosts(settings.management_allowed_hosts))
         if settings.enable_model_control and settings.api_token_file is None:
             # `python -m serving` refuses this; an embedding caller gets the warning.
             logger.warning("model control is enabled without --api-token-file: anyone who can "
@@ -92,22 +94,26 @@ class Server:
         # to the supervisor, which adds up every worker's exposition.
         worker = settings.worker_id >= 0
         self.exposition = exposition or (lambda: generate_latest(registry))
-        http_app: ASGIApp = create_http_app(service, settings, extensions.http_routes, gate=gate)
+        http_app: ASGIApp = Admission(
+            create_http_app(service, settings, extensions.http_routes, gate=gate), service)
         if worker:
             http_app = WorkerHeader(http_app, settings.worker_id)
+        concurrency = settings.http_max_concurrency
         self._http = HttpListener("HTTP", http_app, settings.host, settings.http_port, grace,
-                                  reuse_port=worker)
+                                  reuse_port=worker, limit_concurrency=concurrency)
         self._metrics = None if worker else HttpListener(
             "metrics", create_metrics_app(self.exposition), settings.host, settings.metrics_port,
             grace,
         )
         self._management = (
             HttpListener("management", extensions.management_app, settings.management_host,
-                         settings.management_port, grace, reuse_port=worker)
+                         settings.management_port, grace, reuse_port=worker,
+                         limit_concurrency=concurrency)
             if extensions.management_app is not None else None
         )
         self._grpc, self._grpc_begin_shutdown = create_grpc_server(
-            service, gate, settings.grpc_max_message_bytes, reuse_port=worker
+            service, gate, settings.grpc_max_message_bytes, reuse_port=worker,
+            stream_max_inflight=settings.grpc_stream_max_inflight,
         )
         for hook in extensions.grpc_hooks:
             hook(self._grpc)
@@ -180,6 +186,22 @@ class Server:
         logger.info("stopped")
 
 
+class Admission:
+    """Marks each HTTP request as accepted when it arrives, so a drain that begins while its
+    body uploads or its image decodes lets it finish (only later arrivals are refused). It
+    wraps the whole app because the hot inference routes skip Starlette's middleware."""
+
+    def __init__(self, app: ASGIApp, service: InferenceService) -> None:
+        self._app, self._service = app, service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        with self._service.admission():
+            await self._app(scope, receive, send)
+
+
 class WorkerHeader:
     """Names the worker process that answered in a ``capserve-worker`` response header, so an
     operator (and the tests) can see how connections spread over the workers."""
@@ -208,7 +230,8 @@ def build_server(
     """Create the registry, metrics, repository, core service and the transports (binds nothing)."""
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    repository = ModelRepository(settings.model_store, device=settings.device)
+    repository = ModelRepository(settings.model_store, device=settings.device,
+                                 limits=ServiceLimits.from_settings(settings))
     service = service_class(repository, metrics, server_version=SERVER_VERSION)
     if extensions is None:
         extensions = default_extensions(service, settings, repository)

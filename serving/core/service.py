@@ -336,6 +336,11 @@ class InferenceService:
         default = self._repo.default_version(name)
         return [describe_version(lv, lv.version == default) for lv in loaded]
 
+    async def gather_descriptions(self, name: str, version: str = "") -> list[ModelDescription]:
+        """Descriptions as clients see them: this process's; a worker of a supervisor counts
+        every worker's instances and queued requests (its core overrides this)."""
+        return self.describe_model(name, version)
+
     async def scale_model(self, name: str, version: str, instances: int) -> None:
         limit = self._limits.max_instances
         if not 1 <= instances <= limit:

@@ -38,7 +38,7 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 
 class HttpListener:
     def __init__(self, kind: str, app: ASGIApp, host: str, port: int, grace_s: float,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, limit_concurrency: int | None = None) -> None:
         self.kind = kind
         self._reuse_port = reuse_port
         config = uvicorn.Config(
@@ -46,6 +46,9 @@ class HttpListener:
             log_config=None, access_log=False, timeout_graceful_shutdown=math.ceil(grace_s),
             proxy_headers=False,
             server_header=False,
+            # Past this many open connections and tasks uvicorn answers 503 at once instead
+            # of taking on more work than the process can hold.
+            limit_concurrency=limit_concurrency, backlog=2048,
         )
         self.server = uvicorn.Server(config)
         self._ticker: asyncio.Task[None] | None = None

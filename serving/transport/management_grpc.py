@@ -41,7 +41,7 @@ class TorchServeManagement(pb_grpc.ManagementAPIsServiceServicer):
     async def DescribeModel(self, request: pb.DescribeModelRequest,
                             context: aio.ServicerContext) -> pb.ManagementResponse:
         self._auth(context)
-        return _msg(self.ops.describe(request.model_name, request.model_version))
+        return _msg(await self.ops.describe(request.model_name, request.model_version))
 
     @grpc_errors
     async def ListModels(self, request: pb.ListModelsRequest,

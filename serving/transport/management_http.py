@@ -89,9 +89,10 @@ class ManagementOps:
             body["nextPageToken"] = str(token + limit)
         return body
 
-    def describe(self, name: str, version: str) -> list[dict[str, Any]]:
+    async def describe(self, name: str, version: str) -> list[dict[str, Any]]:
         version = model_version(version)
-        descriptions = self.service.describe_model(name, "" if version == "all" else version)
+        descriptions = await self.service.gather_descriptions(
+            name, "" if version == "all" else version)
         return [describe_json(d) for d in descriptions]
 
     async def register(self, url: str, model_name: str, initial_workers: int) -> dict[str, Any]:
@@ -147,7 +148,7 @@ class ManagementHandlers:
             _int_param(request, "next_page_token", 0, 0, 1 << 30)))
 
     async def describe(self, request: Request) -> Response:
-        return JSONResponse(self.ops.describe(request.path_params["model"],
+        return JSONResponse(await self.ops.describe(request.path_params["model"],
                                               request.path_params.get("version", "")))
 
     async def register(self, request: Request) -> Response:

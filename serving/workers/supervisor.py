@@ -372,10 +372,10 @@ class Supervisor:
         return None
 
     async def _gather(self, asker: WorkerSlot, what: str, params: dict[str, Any]) -> list[Any]:
-        if what != "statistics":
+        if what not in ("statistics", "descriptions"):
             raise InvalidInput(f"cannot gather '{what}'")
         others = [s for s in self.slots if s is not asker and s.channel is not None]
-        calls = [s.channel.call("statistics", timeout=10.0, **params)
+        calls = [s.channel.call(what, timeout=10.0, **params)
                  for s in others if s.channel is not None]
         results = await asyncio.gather(*calls, return_exceptions=True)
         return [r for r in results if not isinstance(r, BaseException)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serving.backends.base import set_core_budget
+from serving.core.describe import ModelDescription
 from serving.core.service import InferenceService
 from serving.core.stats import ModelStats, merge_stats, stats_from_dict, stats_to_dict
 from serving.errors import InvalidInput, ServerNotReady
@@ -135,6 +137,30 @@ class WorkerService(InferenceService):
             parts.setdefault((stats.name, stats.version), []).append(stats)
         return [merge_stats(parts[key]) for key in ((s.name, s.version) for s in local)]
 
+    async def gather_descriptions(self, name: str, version: str = "") -> list[ModelDescription]:
+        local = self.describe_model(name, version)
+        if self._link is None or self._link.closed:
+            return local
+        others = await self._link.call("gather", timeout=30.0, what="descriptions",
+                                       params={"name": name, "version": version})
+        extra: dict[str, list[int]] = {}
+        for rows in others:
+            for row in rows:
+                sums = extra.setdefault(str(row["version"]), [0, 0])
+                sums[0] += int(row["instances"])
+                sums[1] += int(row["pending_requests"])
+        return [dataclasses.replace(d, instances=d.instances + extra[d.version][0],
+                                    pending_requests=d.pending_requests + extra[d.version][1])
+                if d.ready and d.version in extra else d for d in local]
+
+    def local_descriptions(self, name: str, version: str) -> list[dict[str, Any]]:
+        try:
+            return [{"version": d.version, "instances": d.instances,
+                     "pending_requests": d.pending_requests}
+                    for d in self.describe_model(name, version) if d.ready]
+        except Exception:  # a model this worker has not loaded counts nothing
+            return []
+
     def local_statistics(self, name: str, version: str) -> list[dict[str, Any]]:
         try:
             return [stats_to_dict(s) for s in self.model_statistics(name, version)]
@@ -156,6 +182,8 @@ async def _handle(server: Server, service: WorkerService, method: str,
     if method == "cluster_ready":
         service.set_cluster_ready(bool(params["ready"]))
         return None
+    if method == "descriptions":
+        return service.local_descriptions(str(params["name"]), str(params.get("version", "")))
     if method == "statistics":
         return service.local_statistics(str(params.get("name", "")),
                                         str(params.get("version", "")))

@@ -130,6 +130,12 @@ def test_both_workers_serve_and_every_request_is_counted_once(two: ServerProcess
     assert _metric(two, "capserve_request_success_total", model="lenet",
                    version="1") - before == sent
     assert _metric(two, "capserve_workers_ready") == 2
+    # TorchServe's describe counts the model's instances on every worker.
+    config = httpx.get(two.base + "/v2/models/lenet/config", timeout=10).json()
+    per_worker = int(config["instance_group"][0]["count"])
+    described = httpx.get(two.management_base + "/models/lenet", headers=AUTH, timeout=10)
+    assert described.status_code == 200, described.text
+    assert described.json()[0]["minWorkers"] == 2 * per_worker, described.text
 
 
 def test_model_control_reaches_every_worker(two: ServerProcess) -> None:
