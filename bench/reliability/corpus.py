@@ -15,6 +15,9 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
 
 from bench.reliability import images
 from serving.generated import grpc_service_pb2 as v2pb
@@ -177,7 +180,7 @@ def json_shape(rng: random.Random, ctx: Context) -> Case:
     doc = {"inputs": [{"name": model.input_name, "datatype": rng.choice([model.datatype, "BYTES"]),
                        "shape": SHAPES[name], "data": data}]}
     return _json_post(model.name, json.dumps(doc).encode(),
-                      f"v2-json/shape/{name}/{doc['inputs'][0]['datatype']}")  # type: ignore[index]
+                      f"v2-json/shape/{name}/{doc['inputs'][0]['datatype']}")
 
 
 DATATYPES = ["BYTES", "FP16", "BF16", "BOOL", "INT8", "UINT8", "UINT64", "INT64", "FP64", "XYZ",
@@ -319,7 +322,7 @@ def _gzip_zeros(size: int) -> bytes:
 
 # ------------------------------------------------------------------ v2 HTTP, binary extension
 
-def _binary(model: str, header: dict[str, object], tail: bytes, kind: str,
+def _binary(model: str, header: Any, tail: bytes, kind: str,
             header_len: str | None = None) -> Case:
     head = json.dumps(header).encode()
     return Case(kind, "v2-http-binary", "http", "http", "POST", f"/v2/models/{model}/infer",
@@ -740,6 +743,7 @@ def ts_grpc_management(rng: random.Random, ctx: Context) -> Case:
     meta = rng.choice([(), (("authorization", f"Bearer {ctx.token}"),),
                        (("authorization", "Bearer x"),)])
     choice = rng.randrange(5)
+    body: Message
     if choice == 0:
         body = tsmpb.RegisterModelRequest(url=rng.choice(
             ["http://evil.example/m.mar", "../../etc/passwd", "/etc/passwd", "nope.mar", "",

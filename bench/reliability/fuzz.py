@@ -94,11 +94,12 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
 
 
-def discover(server: RelServer, names: Iterable[str], token: str) -> Context:
-    """Each model's first input from its v2 metadata, and the image pools."""
+def discover(base: str, names: Iterable[str], token: str) -> Context:
+    """Each model's first input from its v2 metadata (``base``: http://host:port), and the
+    image pools."""
     models = []
     for name in names:
-        status, body = http_get(f"{server.http}/v2/models/{name}")
+        status, body = http_get(f"{base}/v2/models/{name}")
         if status != 200:
             continue
         meta = json.loads(body)
@@ -116,12 +117,13 @@ def discover(server: RelServer, names: Iterable[str], token: str) -> Context:
 class Sender:
     """Sends one case to the right port with the right client."""
 
-    def __init__(self, server: RelServer, timeout: float) -> None:
+    def __init__(self, server: Any, timeout: float) -> None:
+        """``server``: anything with http_port, management_port, metrics_port, grpc_target."""
         self.server = server
         self.timeout = timeout
         self.channel: grpc.aio.Channel | None = None
 
-    def retarget(self, server: RelServer) -> None:
+    def retarget(self, server: Any) -> None:
         self.server = server
         self.channel = None
 

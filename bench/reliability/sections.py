@@ -86,7 +86,7 @@ def corpus_section(opts: Options) -> Section:
 
     srv = restart()
     try:
-        ctx = fuzz.discover(srv, names, token)
+        ctx = fuzz.discover(srv.http, names, token)
         cases = corpus.generate(opts.seed, opts.corpus_size, ctx)
         result, srv = asyncio.run(fuzz.run_corpus(cases, srv, restart, opts.concurrency,
                                                   opts.request_timeout))
@@ -165,7 +165,7 @@ def overload_section(opts: Options) -> Section:
     sent = len(run.samples) + run.hung
     offered = sent / run.seconds if run.seconds else 0.0
     growth = (peak[0] - rss_before) / rss_before if rss_before else float("nan")
-    figures = {
+    figures: dict[str, Any] = {
         "model": opts.overload_model, "capacity_rps": round(capacity, 1),
         "batch": opts.overload_batch,
         "target_rate_rps": round(rate, 1), "offered_rps": round(offered, 1),
@@ -321,7 +321,7 @@ def stuck_section(opts: Options) -> Section:
         exited = not srv.alive()
     finally:
         code = srv.stop()
-    figures = {"exit_seconds": round(exit_after, 2), "grace_seconds": grace,
+    figures: dict[str, Any] = {"exit_seconds": round(exit_after, 2), "grace_seconds": grace,
                "exited_by_itself": exited, "exit_code": code,
                "answers": [a.status or a.outcome for a in answers]}
     section = Section("Stuck backend", figures=figures)
