@@ -66,10 +66,10 @@ class HostCheck:
         """Raise ``PermissionDenied`` naming the Host, or return when the request may go on.
 
         ``server`` is the (address, port) of the socket the request came in on (ASGI's
-        ``scope["server"]``); None (not a socket) skips the check.
+        ``scope["server"]``); None, or no port (not a socket), skips the check.
         """
-        if server is None:
-            return
+        if server is None or server[1] is None:
+            return  # not a socket (an in-process ASGI client): no browser can reach it
         bound, port = server[0], int(server[1])
         if not is_loopback(bound) and not self._allowed:
             return  # exposed on purpose: the token is the defence there
