@@ -300,8 +300,12 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
 # --------------------------------------------------------------------------- responses
 
 
-def _json_data(arr: np.ndarray, datatype: str) -> list[Any]:
-    flat = arr.reshape(-1)
+# Elements per ``json.dumps`` call: one call holds the interpreter lock throughout, so a large
+# output is encoded in slices and the event loop gets its turns between them.
+JSON_SLICE = 4096
+
+
+def _json_values(flat: np.ndarray, datatype: str) -> list[Any]:
     if datatype == "BYTES":
         return [
             x.decode("utf-8", errors="replace") if isinstance(x, bytes | bytearray) else str(x)
@@ -310,12 +314,34 @@ def _json_data(arr: np.ndarray, datatype: str) -> list[Any]:
     return list(flat.tolist())
 
 
+def _json_data(arr: np.ndarray, datatype: str) -> bytes:
+    """``arr`` as a flat JSON array, encoded slice by slice."""
+    flat = arr.reshape(-1)
+    if flat.size <= JSON_SLICE:
+        return _dumps(_json_values(flat, datatype))
+    parts = [_dumps(_json_values(flat[i : i + JSON_SLICE], datatype))[1:-1]
+             for i in range(0, flat.size, JSON_SLICE)]
+    return b"[" + b",".join(parts) + b"]"
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _with_fields(doc: dict[str, Any], fields: list[tuple[str, bytes]]) -> bytes:
+    """``doc`` as JSON with already-encoded ``fields`` appended to it."""
+    head = _dumps(doc)[:-1]
+    tail = b",".join(_dumps(k) + b":" + v for k, v in fields)
+    return head + (b"," if len(head) > 1 and tail else b"") + tail + b"}"
+
+
 def encode_infer_response(
     response: InferResponse, binary_default: bool, binary_outputs: dict[str, bool]
 ) -> tuple[bytes, int | None]:
     """The response body and, when binary outputs follow the JSON, its header length."""
     chunks: list[bytes] = []
-    outputs_doc: list[dict[str, Any]] = []
+    outputs: list[tuple[dict[str, Any], dict[str, Any], Tensor | None]] = []
+    json_elements = 0
     for tensor in response.outputs:
         doc: dict[str, Any] = {
             "name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape),
@@ -325,18 +351,31 @@ def encode_infer_response(
             raw = datatypes.array_to_raw(tensor.data, tensor.datatype)
             params[_BINARY_SIZE] = len(raw)
             chunks.append(raw)
+            outputs.append((doc, params, None))
         else:
-            doc["data"] = _json_data(tensor.data, tensor.datatype)
-        if params:
-            doc["parameters"] = params
-        outputs_doc.append(doc)
+            json_elements += tensor.data.size
+            outputs.append((doc, params, tensor))
     head: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id:
         head["id"] = response.id
     if response.parameters:
         head["parameters"] = dict(response.parameters)
-    head["outputs"] = outputs_doc
-    header = json.dumps(head, separators=(",", ":")).encode()
+    if json_elements <= JSON_SLICE:  # the common, small answer: one json.dumps call
+        for doc, params, data in outputs:
+            if data is not None:
+                doc["data"] = _json_values(data.data.reshape(-1), data.datatype)
+            if params:
+                doc["parameters"] = params
+        head["outputs"] = [doc for doc, _, _ in outputs]
+        header = _dumps(head)
+    else:
+        encoded = []
+        for doc, params, data in outputs:
+            if params:
+                doc["parameters"] = params
+            fields = [] if data is None else [("data", _json_data(data.data, data.datatype))]
+            encoded.append(_with_fields(doc, fields))
+        header = _with_fields(head, [("outputs", b"[" + b",".join(encoded) + b"]")])
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)

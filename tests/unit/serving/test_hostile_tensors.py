@@ -252,3 +252,23 @@ def test_response_over_the_cap_after_encoding_is_refused() -> None:
     ok = codec.encode_http_response(_response(1000), False, {}, "gzip", 64 * MiB)
     assert ok.content_encoding == "gzip" and ok.json_length is None
     assert ResponseTooLarge("x").code.value == "invalid_argument"
+
+
+def test_large_json_outputs_are_encoded_in_slices_to_the_same_document() -> None:
+    n = codec.JSON_SLICE * 3 + 5
+    floats = np.random.default_rng(1).random(n, dtype=np.float32)
+    strings = np.array([f"s{i}".encode() for i in range(n)], dtype=object)
+    response = InferResponse("m", "1", [
+        Tensor("f", "FP32", (1, n), floats.reshape(1, n), parameters={"p": 1}),
+        Tensor("s", "BYTES", (n,), strings),
+        Tensor("b", "INT32", (2,), np.array([7, 8], np.int32)),
+    ], id="r1", parameters={"q": "x"})
+    body, n_json = codec.encode_infer_response(response, False, {"b": True})
+    assert n_json is not None
+    doc = json.loads(body[:n_json])
+    assert doc["id"] == "r1" and doc["parameters"] == {"q": "x"}
+    f, s, b = doc["outputs"]
+    assert f["data"] == floats.tolist() and f["parameters"] == {"p": 1} and f["shape"] == [1, n]
+    assert s["data"] == [x.decode() for x in strings]
+    assert b["parameters"] == {"binary_data_size": 8} and "data" not in b
+    assert np.frombuffer(body[n_json:], np.int32).tolist() == [7, 8]
