@@ -64,8 +64,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--soak-seconds", type=float, default=None, help="(600; quick 15)")
     p.add_argument("--memory-mb", type=int, default=12288,
                    help="address-space limit of each server (its allocations fail past it)")
-    p.add_argument("--rss-kill-mb", type=int, default=4096,
-                   help="a server whose process tree passes this RSS is killed (a crash)")
+    p.add_argument("--rss-kill-mb", type=int, default=3072,
+                   help="a server whose process tree grows by more than this RSS over its size "
+                        "when ready is killed (counted as a crash)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

@@ -83,8 +83,9 @@ def render(doc: dict[str, Any], json_path: Path) -> str:
         "",
         "Every server is started by the harness on free loopback ports from the default model "
         "store (`model_store/`, or a temporary copy of one of its models), under an "
-        f"address-space limit of {doc['options']['memory_mb']} MB and killed (counted as a "
-        f"crash) past {doc['options']['rss_kill_mb']} MB RSS over its process tree.",
+        f"address-space limit of {doc['options']['memory_mb']} MB per process and killed "
+        f"(counted as a crash) when the RSS of its process tree grows by more than "
+        f"{doc['options']['rss_kill_mb']} MB over its size when ready.",
         "",
         "## Summary",
         "",

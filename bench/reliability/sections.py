@@ -204,7 +204,7 @@ def sigterm_section(opts: Options) -> Section:
     grace = 5
     srv = server.start(_lenet_store(opts, work), work, ["--shutdown-grace-seconds", str(grace)],
                        memory_mb=opts.memory_mb, rss_kill_mb=opts.rss_kill_mb)
-    payload = _lenet_request(opts, srv, 1)
+    payload = _lenet_request(opts, srv, 1)  # builds bytes only: cannot fail
 
     async def drive() -> tuple[load.LoadRun, float, float]:
         stop = asyncio.Event()
@@ -367,7 +367,6 @@ def soak_section(opts: Options) -> Section:
     work = opts.work / "soak"
     srv = server.start(_lenet_store(opts, work), work, ["--shutdown-grace-seconds", "5"],
                        memory_mb=opts.memory_mb, rss_kill_mb=opts.rss_kill_mb)
-    payloads = _soak_payloads(opts, srv, "x")
     warm = max(5.0, min(60.0, opts.soak_seconds * 0.1))
     samples: list[dict[str, float]] = []
 
@@ -384,6 +383,7 @@ def soak_section(opts: Options) -> Section:
         return await task
 
     try:
+        payloads = _soak_payloads(opts, srv, "x")
         asyncio.run(phase(warm))
         time.sleep(2.0)
         base = srv.usage()

@@ -118,7 +118,7 @@ def _limits(address_space: int) -> None:
 
 
 def start(store: Path, work: Path, extra_args: list[str] | None = None,
-          memory_mb: int = 12288, rss_kill_mb: int = 4096, timeout: float = 180.0,
+          memory_mb: int = 12288, rss_kill_mb: int = 3072, timeout: float = 180.0,
           env: dict[str, str] | None = None) -> RelServer:
     """``python -m serving`` on free ports, waiting until ready (or raising with its log)."""
     http, grpc_port, metrics, management = (free_port() for _ in range(4))
@@ -140,6 +140,9 @@ def start(store: Path, work: Path, extra_args: list[str] | None = None,
         if not server.alive():
             raise RuntimeError(f"capserve exited with {proc.returncode}:\n{server.log_tail()}")
         if http_get(server.http + "/v2/health/ready", timeout=2)[0] == 200:
+            # The bound is growth over what the ready server holds: a store of many models
+            # served by several workers starts large.
+            server.rss_kill_bytes += server.usage().rss_bytes
             threading.Thread(target=server.watch_memory, daemon=True).start()
             return server
         time.sleep(0.3)
