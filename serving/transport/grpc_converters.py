@@ -7,6 +7,7 @@ every answer of the core becomes its response message here, so the rules of the 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -147,6 +148,29 @@ def infer_request_to_types(msg: pb.ModelInferRequest,
         model_name=msg.model_name, model_version=msg.model_version, inputs=inputs, id=msg.id,
         outputs=outputs, parameters=params_to_types(msg.parameters),
     )
+
+
+# Messages with up to this many payload bytes are decoded on the event loop; handing them to a
+# thread costs more than the work (the HTTP transport uses the same bound).
+INLINE_DECODE_BYTES = 32 * 1024
+
+
+async def infer_request_to_types_off_loop(
+    msg: pb.ModelInferRequest, limits: TensorLimits = DEFAULT_LIMITS
+) -> InferRequest:
+    """:func:`infer_request_to_types`, on a worker thread when the payload is large (BYTES and
+    typed contents are converted element by element)."""
+    size = sum(len(r) for r in msg.raw_input_contents)
+    if not msg.raw_input_contents:
+        size = sum(_typed_count(t) for t in msg.inputs) * 4
+    if size <= INLINE_DECODE_BYTES:
+        return infer_request_to_types(msg, limits)
+    return await asyncio.to_thread(infer_request_to_types, msg, limits)
+
+
+def _typed_count(tensor: pb.ModelInferRequest.InferInputTensor) -> int:
+    field_name = _CONTENTS_FIELD.get(tensor.datatype)
+    return len(getattr(tensor.contents, field_name)) if field_name else 0
 
 
 def infer_response_from_types(resp: InferResponse) -> pb.ModelInferResponse:

@@ -272,3 +272,20 @@ def test_large_json_outputs_are_encoded_in_slices_to_the_same_document() -> None
     assert s["data"] == [x.decode() for x in strings]
     assert b["parameters"] == {"binary_data_size": 8} and "data" not in b
     assert np.frombuffer(body[n_json:], np.int32).tolist() == [7, 8]
+
+
+def test_grpc_decode_goes_off_loop_for_large_payloads_with_the_same_checks() -> None:
+    import asyncio
+
+    small = pb.ModelInferRequest(model_name="m")
+    small.inputs.add(name="x", datatype="FP32", shape=[4])
+    small.raw_input_contents.append(np.arange(4, dtype=np.float32).tobytes())
+    large = pb.ModelInferRequest(model_name="m")
+    large.inputs.add(name="x", datatype="INT8", shape=[1, 40_000])
+    large.inputs[0].contents.int_contents.extend([1] * 39_999 + [300])
+    assert asyncio.run(conv.infer_request_to_types_off_loop(small)).inputs[0].data.tolist() == [
+        0, 1, 2, 3]
+    with pytest.raises(InvalidInput, match="300 is out of range"):
+        asyncio.run(conv.infer_request_to_types_off_loop(large))
+    with pytest.raises(InvalidInput, match="max_request_elements"):
+        asyncio.run(conv.infer_request_to_types_off_loop(large, TensorLimits(max_elements=100)))
