@@ -3,6 +3,7 @@ memory or work it asks for, over the HTTP codec and the gRPC converters alike.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import tracemalloc
@@ -14,16 +15,19 @@ import numpy as np
 import pytest
 
 from serving.core import datatypes
-from serving.core.types import InferResponse, Tensor
+from serving.core.types import InferRequest, InferResponse, Tensor
 from serving.core.validation import (
     DEFAULT_LIMITS,
     ElementBudget,
+    RequestRules,
     TensorLimits,
+    check_request,
     check_version,
     element_count,
 )
 from serving.errors import InvalidInput, ModelNotFound, ResponseTooLarge
 from serving.generated import grpc_service_pb2 as pb
+from serving.generated import model_config_pb2
 from serving.settings import Settings
 from serving.transport import grpc_converters as conv
 from serving.transport import http_codec as codec
@@ -275,8 +279,6 @@ def test_large_json_outputs_are_encoded_in_slices_to_the_same_document() -> None
 
 
 def test_grpc_decode_goes_off_loop_for_large_payloads_with_the_same_checks() -> None:
-    import asyncio
-
     small = pb.ModelInferRequest(model_name="m")
     small.inputs.add(name="x", datatype="FP32", shape=[4])
     small.raw_input_contents.append(np.arange(4, dtype=np.float32).tobytes())
@@ -289,3 +291,16 @@ def test_grpc_decode_goes_off_loop_for_large_payloads_with_the_same_checks() -> 
         asyncio.run(conv.infer_request_to_types_off_loop(large))
     with pytest.raises(InvalidInput, match="max_request_elements"):
         asyncio.run(conv.infer_request_to_types_off_loop(large, TensorLimits(max_elements=100)))
+
+
+def test_huge_priority_or_timeout_parameters_are_invalid() -> None:
+    config = model_config_pb2.ModelConfig(name="m", max_batch_size=4)
+    config.input.add(name="x", data_type=model_config_pb2.TYPE_FP32, dims=[2])
+    config.output.add(name="y", data_type=model_config_pb2.TYPE_FP32, dims=[2])
+    rules = RequestRules.of(config)
+    x = np.zeros((1, 2), np.float32)
+    for key in ("timeout", "priority"):
+        request = InferRequest("m", [Tensor("x", "FP32", (1, 2), x)], parameters={key: 10**400})
+        _raises(lambda r=request: check_request(rules, r), f"'{key}'", "64-bit")
+    ok = InferRequest("m", [Tensor("x", "FP32", (1, 2), x)], parameters={"timeout": 2**63 - 1})
+    assert check_request(rules, ok).timeout_us == 2**63 - 1
