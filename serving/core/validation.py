@@ -136,11 +136,11 @@ class CheckedRequest:
 def _int_param(params: dict[str, ParamValue], key: str) -> int:
     value = params.get(key, 0)
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise InvalidInput(f"request parameter '{key}' must be an integer, got {value!r}")
-    # Both travel as 64-bit integers in the protocol; a JSON integer of 400 digits would
-    # overflow the float conversions downstream (a server error, not the client's).
+        if not (isinstance(value, float) and value.is_integer()):
+            raise InvalidInput(f"request parameter '{key}' must be an integer, got {value!r}")
+        value = int(value)
+    # Both are 64-bit integers in the protocol; JSON can carry any number of digits, which the
+    # queue's timer arithmetic is not meant to see.
     if not -(2**63) <= value < 2**64:
         raise InvalidInput(f"request parameter '{key}' is out of the 64-bit range")
     return value

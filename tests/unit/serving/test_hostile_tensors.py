@@ -299,8 +299,8 @@ def test_huge_priority_or_timeout_parameters_are_invalid() -> None:
     config.output.add(name="y", data_type=model_config_pb2.TYPE_FP32, dims=[2])
     rules = RequestRules.of(config)
     x = np.zeros((1, 2), np.float32)
-    for key in ("timeout", "priority"):
-        request = InferRequest("m", [Tensor("x", "FP32", (1, 2), x)], parameters={key: 10**400})
+    for key, value in (("timeout", 10**400), ("priority", 1e300)):
+        request = InferRequest("m", [Tensor("x", "FP32", (1, 2), x)], parameters={key: value})
         _raises(lambda r=request: check_request(rules, r), f"'{key}'", "64-bit")
     ok = InferRequest("m", [Tensor("x", "FP32", (1, 2), x)], parameters={"timeout": 2**63 - 1})
     assert check_request(rules, ok).timeout_us == 2**63 - 1
