@@ -15,6 +15,13 @@ DEFAULT_MAX_BATCH = 32
 LARGE_MODEL_MAX_BATCH = 16
 LARGE_MODEL_BYTES = 10 * 1024 * 1024
 DEFAULT_QUEUE_DELAY_US = 2000
+# A bounded queue with a timeout, so an overloaded model refuses fast instead of growing: a few
+# full batches per instance, and requests that waited 30 s are answered with a timeout.
+QUEUE_TIMEOUT_US = 30_000_000
+
+
+def default_queue_size(max_batch_size: int, instances: int) -> int:
+    return min(1024, max(64, 4 * max(1, max_batch_size) * max(1, instances)))
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,10 @@ def build_config(name: str, fmt: str, spec: ModelSpec, sched: Scheduling) -> mc.
     cfg.input.extend(_input(t) for t in spec.inputs)
     cfg.output.extend(_output(t) for t in spec.outputs)
     cfg.dynamic_batching.max_queue_delay_microseconds = sched.max_queue_delay_us
+    policy = cfg.dynamic_batching.default_queue_policy
+    policy.max_queue_size = default_queue_size(sched.max_batch_size, sched.instance_count)
+    policy.default_timeout_microseconds = QUEUE_TIMEOUT_US
+    policy.allow_timeout_override = True
     cfg.instance_group.add(count=sched.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
     for key, value in spec.parameters.items():
         cfg.parameters[key].string_value = value
