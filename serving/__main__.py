@@ -42,6 +42,25 @@ _SWITCHES = [
 ]
 
 
+# Set by a supervisor for its workers, never by users.
+_INTERNAL = {"worker_id", "worker_cores", "archive_cache_dir"}
+
+
+def _limit_flags(parser: argparse.ArgumentParser, listed: set[str]) -> None:
+    """Every other setting (the limits and timeouts) as a flag named after it, with the
+    setting's own description as help, so no setting is reachable by environment only."""
+    from serving.settings import Settings
+
+    group = parser.add_argument_group("limits and timeouts (also CAPSERVE_<NAME>)")
+    for name, info in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if name in _INTERNAL or flag in listed or info.annotation not in (int, float, str):
+            continue
+        text = (info.description or "").split(". ")[0].strip().rstrip(".")
+        group.add_argument(flag, dest=name, type=info.annotation, default=argparse.SUPPRESS,
+                           help=f"{text} (default {info.default})")
+
+
 def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         prog="capserve serve", description="Serve the model store over gRPC and HTTP."
@@ -50,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         parser.add_argument(flag, default=argparse.SUPPRESS, **options)
     for flag, help_text in _SWITCHES:
         parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+    _limit_flags(parser, {flag for flag, _ in _FLAGS} | {flag for flag, _ in _SWITCHES})
     return vars(parser.parse_args(argv))
 
 

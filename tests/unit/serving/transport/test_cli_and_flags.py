@@ -44,3 +44,33 @@ def test_model_control_without_a_token_file_is_refused(tmp_path: Path,
 
     assert main(["--model-store", str(tmp_path), "--enable-model-control"]) == 2
     assert "--api-token-file" in capsys.readouterr().err
+
+
+def test_every_user_setting_has_a_flag() -> None:
+    """Limits and timeouts added to Settings are flags too, parsed with the setting's type."""
+    from serving.__main__ import _INTERNAL
+    from serving.settings import Settings
+
+    for name, info in Settings.model_fields.items():
+        if name in _INTERNAL:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if info.annotation is bool:
+            assert parse_args([flag]) == {name: True}, name
+            continue
+        samples = {"log_format": "json", "log_level": "DEBUG", "device": "cpu"}
+        value = samples.get(name) or {int: "7", float: "2.5"}.get(info.annotation, "x")  # type: ignore[arg-type]
+        parsed = parse_args([flag, value])
+        assert list(parsed) == [name], (name, parsed)
+        if info.annotation in (int, float):
+            assert parsed[name] == info.annotation(value), name
+
+
+def test_workers_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.settings import Settings
+
+    assert Settings(**parse_args(["--workers", "3"])).workers == "3"
+    monkeypatch.setenv("CAPSERVE_WORKERS", "auto")
+    assert Settings().workers == "auto"
+    with pytest.raises(ValueError, match="workers must be auto or a count"):
+        Settings(workers="0")
