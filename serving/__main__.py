@@ -38,12 +38,13 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
 ]
 _SWITCHES = [
     ("--enable-model-control", "allow repository index/load/unload (token-checked when a token file is set)"),
+    ("--pin-workers", "pin each worker process to its own share of the cores"),
     ("--allow-archive-code", "UNSAFE: accept .mar archives whose handler is custom Python (served with the built-in pipeline; that code is never run)"),
 ]
 
 
 # Set by a supervisor for its workers, never by users.
-_INTERNAL = {"worker_id", "worker_cores", "archive_cache_dir"}
+_INTERNAL = {"worker_id", "worker_cores", "worker_cpus", "archive_cache_dir"}
 
 
 def _limit_flags(parser: argparse.ArgumentParser, listed: set[str]) -> None:
@@ -54,10 +55,11 @@ def _limit_flags(parser: argparse.ArgumentParser, listed: set[str]) -> None:
     group = parser.add_argument_group("limits and timeouts (also CAPSERVE_<NAME>)")
     for name, info in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        if name in _INTERNAL or flag in listed or info.annotation not in (int, float, str):
+        kind = {int: int, float: float, str: str}.get(info.annotation)  # type: ignore[arg-type]
+        if name in _INTERNAL or flag in listed or kind is None:
             continue
         text = (info.description or "").split(". ")[0].strip().rstrip(".")
-        group.add_argument(flag, dest=name, type=info.annotation, default=argparse.SUPPRESS,
+        group.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS,
                            help=f"{text} (default {info.default})")
 
 

@@ -24,6 +24,7 @@ from serving.core.limits import ServiceLimits
 from serving.core.metrics import Metrics
 from serving.core.repository import ModelRepository
 from serving.core.service import InferenceService
+from serving.core.validation import TensorLimits
 from serving.settings import Settings
 from serving.transport.auth import ModelControlGate, parse_allowed_hosts
 from serving.transport.grpc_service import create_grpc_server
@@ -114,6 +115,7 @@ class Server:
         self._grpc, self._grpc_begin_shutdown = create_grpc_server(
             service, gate, settings.grpc_max_message_bytes, reuse_port=worker,
             stream_max_inflight=settings.grpc_stream_max_inflight,
+            limits=TensorLimits.from_settings(settings),
         )
         for hook in extensions.grpc_hooks:
             hook(self._grpc)

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     workers: str = "auto"
     """Serving processes: ``auto`` (one per usable core on CPU, one per visible GPU on CUDA) or
     a count. ``1`` is one process with no supervisor."""
+    pin_workers: bool = False
+    """Pin each worker process to its own share of the cores (``sched_setaffinity``)."""
     model_store: Path = Path("model_store")
     """Triton-layout model repository to serve (``<model>/config.pbtxt``, ``<model>/<version>/``)."""
     host: str = "127.0.0.1"
@@ -70,6 +72,8 @@ class Settings(BaseSettings):
     """This process's worker number under a supervisor (-1: no supervisor)."""
     worker_cores: int = Field(default=0, ge=0)
     """Cores this worker may use for intra-op threads (0: every usable core)."""
+    worker_cpus: str = ""
+    """CPUs this worker is pinned to, comma-separated (empty: not pinned)."""
     archive_cache_dir: Path | None = None
     """Folder where the store's ``.mar`` archives are already materialised (shared by the
     workers and owned by the supervisor; None: this process extracts into its own)."""

@@ -217,7 +217,7 @@ class ModelRepository:
         """The ready version that serves a request; ModelNotFound / ModelNotReady otherwise."""
         entry = self.entry(name)
         if version:
-            if not version.isdigit():
+            if not (version.isascii() and version.isdigit()):  # "²" is a digit to str
                 raise ModelNotFound(f"Request for unknown model: '{name}' version {version!r}")
             version = str(int(version))
             loaded = entry.versions.get(version)

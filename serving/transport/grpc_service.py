@@ -17,6 +17,7 @@ import grpc
 from grpc import aio
 
 from serving.core.service import InferenceService
+from serving.core.validation import DEFAULT_LIMITS, TensorLimits
 from serving.errors import Unsupported
 from serving.generated import grpc_service_pb2 as pb
 from serving.generated import grpc_service_pb2_grpc as pb_grpc
@@ -56,9 +57,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The v2 protocol over gRPC, backed by the protocol-neutral core."""
 
     def __init__(
-        self, service: InferenceService, gate: ModelControlGate, stream_max_inflight: int = 64
+        self, service: InferenceService, gate: ModelControlGate, stream_max_inflight: int = 64,
+        limits: TensorLimits = DEFAULT_LIMITS,
     ) -> None:
         self._service = service
+        self._limits = limits
         self._gate = gate
         self._streams: set[asyncio.Queue[Any]] = set()
         self._stream_max_inflight = stream_max_inflight
@@ -113,7 +116,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, message: pb.ModelInferRequest) -> pb.ModelInferResponse:
         request_id_var.set(message.id or new_request_id())
-        request = conv.infer_request_to_types(message)
+        request = await conv.infer_request_to_types_off_loop(message, self._limits)
         return conv.infer_response_from_types(await self._service.infer(request))
 
     async def ModelStreamInfer(
@@ -265,7 +268,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 def create_grpc_server(
     service: InferenceService, gate: ModelControlGate, max_message_bytes: int,
     reuse_port: bool = False, *, stream_max_inflight: int = 64,
-    max_concurrent_streams: int = 1024,
+    max_concurrent_streams: int = 1024, limits: TensorLimits = DEFAULT_LIMITS,
 ) -> tuple[aio.Server, Callable[[], None]]:
     """A grpc.aio server with the v2 and health services (the caller binds and starts it),
     and the function to call when draining begins (ends idle streams and health watches).
@@ -281,7 +284,7 @@ def create_grpc_server(
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = aio.server(options=options)
-    inference = InferenceServicer(service, gate, stream_max_inflight)
+    inference = InferenceServicer(service, gate, stream_max_inflight, limits)
     health = HealthServicer(service)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -155,7 +155,13 @@ class Supervisor:
 
     def _worker_settings(self, slot: WorkerSlot, cache: Path) -> str:
         data = self.settings.model_dump(mode="json")
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         cores = max(1, usable_cores() // len(self.slots))
+        if "image_workers" not in self.settings.model_fields_set:
+            data["image_workers"] = max(1, min(4, cores))  # the decode pool shares out too
+        if self.settings.pin_workers and len(cpus) >= len(self.slots):
+            mine = cpus[slot.index * cores:(slot.index + 1) * cores]
+            data["worker_cpus"] = ",".join(str(c) for c in mine)
         data.update(
             workers="1", worker_id=slot.index, worker_cores=cores,
             archive_cache_dir=str(cache), http_port=self._ports["http"],

@@ -201,6 +201,8 @@ async def run(settings: Settings, socket_path: str, bind_first: bool) -> int:
     from serving.server import build_server
 
     set_core_budget(settings.worker_cores)
+    if settings.worker_cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for c in settings.worker_cpus.split(",")})
     server = build_server(settings, service_class=WorkerService)
     service = server.service
     assert isinstance(service, WorkerService)

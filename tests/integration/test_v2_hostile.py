@@ -116,6 +116,16 @@ def test_element_limit_names_the_input_its_count_and_the_setting(server: ServerP
     assert _infer_json(server, "classifier", doc).status_code == 200
 
 
+def test_element_limit_setting_applies_over_grpc(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    req = pb.ModelInferRequest(model_name="classifier")
+    req.inputs.add(name="input", datatype="FP32", shape=[6, 1, 28, 28])
+    req.raw_input_contents.append(np.zeros((6, 1, 28, 28), np.float32).tobytes())
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(req, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"limit of {MAX_ELEMENTS}" in (err.value.details() or ""), err.value.details()
+
+
 def test_malformed_json_bodies_are_400(server: ServerProcess) -> None:
     _assert_400(_post(server, "/v2/models/simple/infer", b"[" * 3000 + b"]" * 3000),
                 "nested too deeply")
