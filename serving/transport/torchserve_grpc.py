@@ -50,9 +50,10 @@ class TorchServeInference(pb_grpc.InferenceAPIsServiceServicer):
         if image is None:
             keys = ", ".join(sorted(request.input)) or "none"
             raise InvalidInput(f"no image: put it in input['data'] (keys received: {keys})")
-        results = await self.pipelines.predict(request.model_name,
-                                               model_version(request.model_version), [image],
-                                               _options(request.input))
+        with self.service.admission():  # a drain that begins now lets this call finish
+            results = await self.pipelines.predict(request.model_name,
+                                                   model_version(request.model_version),
+                                                   [image], _options(request.input))
         return results[0].body
 
     async def Ping(self, request: empty_pb2.Empty,
