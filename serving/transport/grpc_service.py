@@ -26,6 +26,7 @@ from serving.logs import new_request_id, request_id_var
 from serving.transport import grpc_converters as conv
 from serving.transport.auth import ModelControlGate
 from serving.transport.errors import grpc_errors, grpc_status_message
+from serving.transport.grpc_tolerant import add_service
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +287,9 @@ def create_grpc_server(
     server = aio.server(options=options)
     inference = InferenceServicer(service, gate, stream_max_inflight, limits)
     health = HealthServicer(service)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    # Requests that do not parse are the client's INVALID_ARGUMENT, not grpc's UNKNOWN.
+    add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, inference, server)
+    add_service(health_pb2_grpc.add_HealthServicer_to_server, health, server)
 
     def begin_shutdown() -> None:
         inference.begin_shutdown()

@@ -15,6 +15,7 @@ from grpc import aio
 from serving.generated import torchserve_management_pb2 as pb
 from serving.generated import torchserve_management_pb2_grpc as pb_grpc
 from serving.transport.errors import grpc_errors
+from serving.transport.grpc_tolerant import add_service
 from serving.transport.management_http import ManagementOps, check_token
 
 if TYPE_CHECKING:
@@ -79,5 +80,5 @@ class TorchServeManagement(pb_grpc.ManagementAPIsServiceServicer):
 def add_management_service(server: aio.Server, service: InferenceService, settings: Settings,
                            store: ModelStoreAccess) -> None:
     ops = ManagementOps(service, settings, store)
-    pb_grpc.add_ManagementAPIsServiceServicer_to_server(
-        TorchServeManagement(ops, settings.api_token()), server)
+    add_service(pb_grpc.add_ManagementAPIsServiceServicer_to_server,
+                TorchServeManagement(ops, settings.api_token()), server)

@@ -22,6 +22,7 @@ from serving.generated import torchserve_inference_pb2_grpc as pb_grpc
 from serving.generated.google.rpc import status_pb2
 from serving.tasks.options import TaskOptions
 from serving.transport.errors import classify, grpc_errors
+from serving.transport.grpc_tolerant import add_service
 from serving.transport.torchserve_http import model_version
 
 if TYPE_CHECKING:
@@ -95,8 +96,8 @@ def add_torchserve_services(server: aio.Server, service: InferenceService,
                             pipelines: TaskRegistry, settings: Settings,
                             store: ModelStoreAccess | None = None) -> None:
     """InferenceAPIsService, and ManagementAPIsService when ``store`` is given."""
-    pb_grpc.add_InferenceAPIsServiceServicer_to_server(
-        TorchServeInference(service, pipelines), server)
+    add_service(pb_grpc.add_InferenceAPIsServiceServicer_to_server,
+                TorchServeInference(service, pipelines), server)
     if store is not None:
         from serving.transport.management_grpc import add_management_service
 
