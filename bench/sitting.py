@@ -100,6 +100,7 @@ def _measure(results: Results, server: servers.Server, model: str, part: str,
     run = _attempt(results, part, drive)
     if not isinstance(run, LoadRun):
         return
+    run.server = server.name  # perf_analyzer's records say "capserve" whichever one ran
     if run.requests:
         cpu = servers.tree_cpu_seconds(server.proc.pid) - cpu_before
         run.server_cpu_us = round(cpu * 1e6 / run.requests, 1)
