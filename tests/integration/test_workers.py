@@ -253,6 +253,8 @@ def test_worker_that_dies_while_loading_backs_off_and_names_the_model(
         # The supervisor and the other worker still answer liveness; the server is not ready.
         assert http_status(server.base + "/v2/health/live") == 200
         assert http_status(server.base + "/v2/health/ready") == 503
+        assert http_status(server.base + "/ping") != 200
+        assert not grpcclient.InferenceServerClient(server.grpc_url).is_server_ready()
     finally:
         assert server.stop(timeout=60) == 0
 
