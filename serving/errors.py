@@ -35,13 +35,47 @@ class FailureReason(enum.Enum):
     CANCELED = "canceled"
 
 
+# What of a client-chosen name or version an error message quotes.
+SHOWN_CHARS = 200
+# The most UTF-8 bytes of one error message. gRPC sends it percent-encoded in a trailer, and
+# clients refuse trailers past 8 KiB (soft) / 16 KiB (hard) by default: the call then fails on
+# their side (INTERNAL or RESOURCE_EXHAUSTED) instead of carrying our status. 2 KiB stays under
+# that even when every byte is escaped (3 bytes each).
+MESSAGE_BYTES = 2048
+_TAIL_BYTES = 400  # the end of a long message usually says what went wrong: keep it
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` as an error message quotes it: names and versions come from clients and can
+    be any length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def bounded_message(message: str) -> str:
+    """``message`` cut to at most :data:`MESSAGE_BYTES` UTF-8 bytes, keeping its start and end."""
+    data = message.encode("utf-8", "surrogateescape")
+    if len(data) <= MESSAGE_BYTES:
+        return message
+    keep = MESSAGE_BYTES - _TAIL_BYTES - 40  # 40: room for the marker
+    marker = f" ...[{len(data) - keep - _TAIL_BYTES} bytes cut]... "
+    # A cut inside a multi-byte character drops its pieces rather than sending mojibake.
+    return (data[:keep].decode("utf-8", "ignore") + marker
+            + data[-_TAIL_BYTES:].decode("utf-8", "ignore"))
+
+
 class ServingError(Exception):
-    """Base of every error the server reports to a client."""
+    """Base of every error the server reports to a client.
+
+    The message is bounded here, the one place every client-facing message passes through
+    (see :func:`bounded_message`)."""
 
     code: ErrorCode = ErrorCode.INTERNAL
     reason: FailureReason = FailureReason.BACKEND
 
     def __init__(self, message: str) -> None:
+        message = bounded_message(message)
         super().__init__(message)
         self.message = message
 

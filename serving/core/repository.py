@@ -25,7 +25,8 @@ from serving.core.config import (
 )
 from serving.core.limits import ServiceLimits
 from serving.core.loaded import LoadedVersion, ObserverFactory, build_version
-from serving.errors import InvalidInput, ModelNotFound, ModelNotReady
+from serving.core.validation import check_version
+from serving.errors import InvalidInput, ModelNotFound, ModelNotReady, shown
 from serving.generated import model_config_pb2
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class ModelRepository:
         try:
             return self._models[name]
         except KeyError:
-            raise ModelNotFound(f"Request for unknown model: '{name}' is not found") from None
+            raise ModelNotFound(f"Request for unknown model: '{shown(name)}' is not found") from None
 
     def entries(self) -> list[ModelEntry]:
         return [self._models[n] for n in sorted(self._models)]
@@ -217,9 +218,7 @@ class ModelRepository:
         """The ready version that serves a request; ModelNotFound / ModelNotReady otherwise."""
         entry = self.entry(name)
         if version:
-            if not (version.isascii() and version.isdigit()):  # "²" is a digit to str
-                raise ModelNotFound(f"Request for unknown model: '{name}' version {version!r}")
-            version = str(int(version))
+            version = str(int(check_version(name, version)))  # "007" is version 7
             loaded = entry.versions.get(version)
             if loaded is not None:
                 return loaded
@@ -241,7 +240,7 @@ class ModelRepository:
     def set_default_version(self, name: str, version: str) -> None:
         entry = self.entry(name)
         if version not in entry.versions:
-            raise ModelNotFound(f"model '{name}' has no ready version '{version}'")
+            raise ModelNotFound(f"model '{shown(name)}' has no ready version '{shown(version)}'")
         entry.default_version = version
 
     def config_of(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:

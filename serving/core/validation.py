@@ -12,7 +12,7 @@ import numpy as np
 from serving.core.config import datatype_of
 from serving.core.datatypes import triton_to_numpy
 from serving.core.types import InferRequest, ParamValue, RequestedOutput
-from serving.errors import InvalidInput, ModelNotFound
+from serving.errors import InvalidInput, ModelNotFound, shown
 from serving.generated import model_config_pb2
 
 if TYPE_CHECKING:
@@ -113,14 +113,21 @@ class ElementBudget:
         return count
 
 
-def check_version(name: str, version: str) -> str:
-    """``version`` when it is "" or ASCII digits; ModelNotFound otherwise.
+# Versions are int64 in the protocols: 19 digits hold them all.
+MAX_VERSION_DIGITS = 19
 
-    ``str.isdigit`` accepts superscripts and other scripts' digits that ``int`` refuses, so a
-    version of '²' got past the repository's check and failed as a server error.
+
+def check_version(name: str, version: str) -> str:
+    """``version`` when it is "" or at most 19 ASCII digits; ModelNotFound otherwise.
+
+    ``str.isdigit`` accepts superscripts and other scripts' digits that ``int`` refuses (a
+    version of '²' failed as a server error), and ``int`` refuses over 4300 digits.
     """
-    if version and not (version.isascii() and version.isdigit()):
-        raise ModelNotFound(f"Request for unknown model: '{name}' version {version!r}")
+    if version and not (len(version) <= MAX_VERSION_DIGITS and version.isascii()
+                        and version.isdigit()):
+        raise ModelNotFound(
+            f"Request for unknown model: '{shown(name)}' version {shown(version)!r} is not "
+            f"found (a version is an integer of at most {MAX_VERSION_DIGITS} digits)")
     return version
 
 
