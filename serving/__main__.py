@@ -10,9 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
-import os
-import signal
 import sys
 from typing import Any
 
@@ -77,23 +74,10 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
 
 async def _serve(settings: Any) -> int:
     from serving.server import build_server
+    from serving.signals import stop_on_signals
 
     server = build_server(settings)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            print("capserve: second signal, exiting without draining", file=sys.stderr, flush=True)
-            os._exit(1)
-        logging.getLogger("serving").info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    stop = stop_on_signals()
     code = 0
     try:
         await server.open_listeners()

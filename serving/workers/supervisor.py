@@ -37,9 +37,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from serving.backends.devices import cuda_device_count
 from serving.core.metrics import plain_numbers
 from serving.errors import InvalidInput
 from serving.settings import Settings
+from serving.signals import stop_on_signals
 from serving.transport.http_listener import HttpListener, reuse_port_socket
 from serving.transport.metrics_http import create_metrics_app
 from serving.workers import BIND_FIRST_ENV, SETTINGS_ENV, SOCKET_ENV
@@ -99,16 +101,7 @@ def visible_gpus() -> int:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no driver, no library: no GPU to share out
-        return 0
+    return cuda_device_count()
 
 
 class Supervisor:
@@ -173,22 +166,7 @@ class Supervisor:
 
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        signals = 0
-
-        def on_signal(signum: int) -> None:
-            nonlocal signals
-            signals += 1
-            if signals > 1:
-                print("capserve: second signal, exiting without draining", file=sys.stderr,
-                      flush=True)
-                self._kill_all()
-                os._exit(1)
-            logger.info("received %s, shutting down", signal.Signals(signum).name)
-            stop.set()
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._loop.add_signal_handler(signum, on_signal, signum)
+        stop = stop_on_signals(on_second=self._kill_all)
         control = None
         try:
             self._reserve()

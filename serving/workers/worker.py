@@ -22,7 +22,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ from serving.core.service import InferenceService
 from serving.core.stats import ModelStats, merge_stats, stats_from_dict, stats_to_dict
 from serving.errors import InvalidInput, ServerNotReady
 from serving.settings import Settings
+from serving.signals import stop_on_signals
 from serving.workers import BIND_FIRST_ENV, SETTINGS_ENV, SOCKET_ENV
 from serving.workers.channel import Channel, ChannelClosed, open_channel
 
@@ -206,19 +206,7 @@ async def run(settings: Settings, socket_path: str, bind_first: bool) -> int:
     server = build_server(settings, service_class=WorkerService)
     service = server.service
     assert isinstance(service, WorkerService)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            os._exit(1)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    stop = stop_on_signals(second_notice="")
 
     async def handler(method: str, params: dict[str, Any]) -> Any:
         return await _handle(server, service, method, params)
