@@ -168,6 +168,10 @@ class RequestRules:
     outputs: dict[str, str]  # name -> datatype
     max_batch: int
     text_inputs: frozenset[str] = frozenset()  # BYTES inputs the backend reads as UTF-8 text
+    # The model's own bounds on a variable (-1) dim: parameters min_side / max_side, which the
+    # image pipeline applies to image sides too; 0 = none.
+    min_side: int = 0
+    max_side: int = 0
 
     @classmethod
     def of(cls, config: model_config_pb2.ModelConfig) -> RequestRules:
@@ -183,7 +187,36 @@ class RequestRules:
         return cls(model=config.name, inputs=inputs,
                    required=tuple(i.name for i in config.input if not i.optional),
                    outputs={o.name: datatype_of(o) for o in config.output},
-                   max_batch=int(config.max_batch_size), text_inputs=text)
+                   max_batch=int(config.max_batch_size), text_inputs=text,
+                   min_side=_side_parameter(config, "min_side"),
+                   max_side=_side_parameter(config, "max_side"))
+
+
+def _side_parameter(config: model_config_pb2.ModelConfig, key: str) -> int:
+    """A non-negative integer parameter, 0 when absent or malformed (the image pipeline
+    reports a malformed one when it reads it)."""
+    if key not in config.parameters:  # indexing a protobuf map would insert the key
+        return 0
+    text = config.parameters[key].string_value.strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
+
+
+def _check_sides(rules: RequestRules, name: str, shape: tuple[int, ...],
+                 dims: tuple[int, ...]) -> None:
+    """Variable dims within the model's min_side / max_side: a -1 dim otherwise takes any
+    size the element cap allows (unet at 1024x1024 ran for tens of seconds)."""
+    offset = len(shape) - len(dims)  # 1 when the request carries the batch dim
+    for i, (size, dim) in enumerate(zip(shape[offset:], dims, strict=True)):
+        if dim != -1:
+            continue
+        if rules.max_side and size > rules.max_side:
+            raise InvalidInput(
+                f"input '{name}' dimension {i + offset} is {size}, over the limit of "
+                f"{rules.max_side} for model '{rules.model}' (its max_side parameter)")
+        if size < rules.min_side:
+            raise InvalidInput(
+                f"input '{name}' dimension {i + offset} is {size}, under the minimum of "
+                f"{rules.min_side} for model '{rules.model}' (its min_side parameter)")
 
 
 def _check_utf8(name: str, data: np.ndarray) -> None:
@@ -242,6 +275,8 @@ def check_request(rules: RequestRules, request: InferRequest) -> CheckedRequest:
                 f"unexpected shape for input '{tensor.name}' for model '{model}'. Expected "
                 f"{list(dims)}, got {list(shape)}"
             )
+        if rules.max_side or rules.min_side:
+            _check_sides(rules, tensor.name, shape, dims)
         if tensor.name in rules.text_inputs:
             _check_utf8(tensor.name, data)
         seen[tensor.name] = data
