@@ -53,8 +53,9 @@ class Settings(BaseSettings):
     """Largest HTTP request body accepted, in bytes."""
     grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest gRPC message received or sent, in bytes."""
-    max_image_pixels: int = Field(default=40_000_000, gt=0)
-    """Largest decoded image (width x height) an image endpoint accepts, in pixels."""
+    max_image_pixels: int = Field(default=25_000_000, gt=0)
+    """Largest decoded image (width x height) an image endpoint accepts, in pixels (25 M: a
+    24 MP photo; decoding and converting one costs up to about 9 bytes a pixel)."""
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     """On SIGTERM: seconds to let queued and running requests finish before stopping."""
     log_format: Literal["text", "json"] = "text"
@@ -119,7 +120,7 @@ class Settings(BaseSettings):
     """Most numbers in the segmentation JSON answers of one request, shared by its images: a
     larger mask comes back at a reduced size of the same aspect ratio (``scaled_from`` names
     the image's size); probabilities over it are refused with 413. PNG masks are not capped."""
-    max_request_image_pixels: int = Field(default=160_000_000, gt=0)
+    max_request_image_pixels: int = Field(default=50_000_000, gt=0)
     """Most pixels all images of one image request may have together (each image is also
     bounded by ``max_image_pixels``); checked from the decoders' sizes before decoding, 413."""
     http_max_concurrency: int = Field(default=2048, ge=1)

@@ -29,7 +29,7 @@ from serving.tasks.spec import TaskSpec
 log = logging.getLogger(__name__)
 TASK_FILE = "capserve_task.json"
 _NOT_PARAMETERS = ("inputs", "outputs", "max_batch_size", "name", "labels")
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_PIXELS = 25_000_000  # the server's max_image_pixels default
 
 
 def task_parameters(task: Mapping[str, Any]) -> dict[str, str]:

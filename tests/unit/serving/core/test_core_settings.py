@@ -16,7 +16,8 @@ def test_defaults_match_the_documented_table(monkeypatch: pytest.MonkeyPatch) ->
         "127.0.0.1", 8000, 8001, 8002, 8081)
     assert s.device == "auto" and not s.enable_model_control and not s.allow_archive_code
     assert s.max_request_bytes == s.grpc_max_message_bytes == 67108864
-    assert s.max_image_pixels == 40_000_000 and s.shutdown_grace_seconds == 30
+    assert s.max_image_pixels == 25_000_000 and s.max_request_image_pixels == 50_000_000
+    assert s.shutdown_grace_seconds == 30
     assert s.api_token() is None
     assert all(f.description for f in Settings.model_fields.values()), "every field documented"
 
