@@ -78,7 +78,7 @@ class Server:
         service: InferenceService,
         registry: CollectorRegistry,
         extensions: Extensions,
-        exposition: Callable[[], bytes] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -94,9 +94,11 @@ class Server:
         # A worker of a supervisor shares its ports with the other workers and leaves /metrics
         # to the supervisor, which adds up every worker's exposition.
         worker = settings.worker_id >= 0
-        self.exposition = exposition or (lambda: generate_latest(registry))
+        self.exposition: Callable[[], bytes] = (
+            metrics.exposition if metrics is not None else lambda: generate_latest(registry))
         http_app: ASGIApp = Admission(
-            create_http_app(service, settings, extensions.http_routes, gate=gate), service)
+            create_http_app(service, settings, extensions.http_routes, gate=gate), service,
+            metrics)
         if worker:
             http_app = WorkerHeader(http_app, settings.worker_id)
         concurrency = settings.http_max_concurrency
@@ -107,7 +109,8 @@ class Server:
             grace,
         )
         self._management = (
-            HttpListener("management", extensions.management_app, settings.management_host,
+            HttpListener("management", Admission(extensions.management_app, None, metrics),
+                         settings.management_host,
                          settings.management_port, grace, reuse_port=worker,
                          limit_concurrency=concurrency)
             if extensions.management_app is not None else None
@@ -190,14 +193,28 @@ class Server:
 
 class Admission:
     """Marks each HTTP request as accepted when it arrives, so a drain that begins while its
-    body uploads or its image decodes lets it finish (only later arrivals are refused). It
-    wraps the whole app because the hot inference routes skip Starlette's middleware."""
+    body uploads or its image decodes lets it finish (only later arrivals are refused), and
+    counts its answer's status class (TorchServe's Requests2XX/4XX/5XX). It wraps the whole app
+    because the hot inference routes skip Starlette's middleware."""
 
-    def __init__(self, app: ASGIApp, service: InferenceService) -> None:
-        self._app, self._service = app, service
+    def __init__(self, app: ASGIApp, service: InferenceService | None,
+                 metrics: Metrics | None) -> None:
+        self._app, self._service, self._metrics = app, service, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        metrics = self._metrics
+        if metrics is not None:
+            inner = send
+
+            async def send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    metrics.http_response(int(message["status"]))
+                await inner(message)
+
+        if self._service is None:
             await self._app(scope, receive, send)
             return
         with self._service.admission():
@@ -231,10 +248,12 @@ def build_server(
 ) -> Server:
     """Create the registry, metrics, repository, core service and the transports (binds nothing)."""
     registry = CollectorRegistry()
-    metrics = Metrics(registry)
+    # The machine's gauges (CPU, memory, GPUs) come once from the supervisor, not per worker.
+    machine = settings.worker_id < 0
+    metrics = Metrics(registry, gpu=machine, host=machine)
     repository = ModelRepository(settings.model_store, device=settings.device,
                                  limits=ServiceLimits.from_settings(settings))
     service = service_class(repository, metrics, server_version=SERVER_VERSION)
     if extensions is None:
         extensions = default_extensions(service, settings, repository)
-    return Server(settings, service, registry, extensions, exposition=metrics.exposition)
+    return Server(settings, service, registry, extensions, metrics=metrics)

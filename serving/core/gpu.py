@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
@@ -17,6 +17,13 @@ class GpuCollector(Collector):
     def __init__(self, nvml: object, handles: list[object]) -> None:
         self._nvml = nvml
         self._handles = handles
+        self._energy_start = [self._energy(h) for h in handles]  # mJ at start
+
+    def _energy(self, handle: object) -> float:
+        try:
+            return float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle))  # type: ignore[attr-defined]
+        except Exception:
+            return 0.0
 
     @classmethod
     def create(cls) -> GpuCollector | None:
@@ -69,6 +76,28 @@ class GpuCollector(Collector):
                     fam.add_metric([uuid], value)
         for pair in fams.values():
             yield from pair
+        yield from self._power()
+
+    def _power(self) -> Iterator[Metric]:
+        """Triton's power and energy families (watts, joules); skipped where NVML has none."""
+        nvml = self._nvml
+        usage = GaugeMetricFamily("nv_gpu_power_usage", "GPU power usage in watts",
+                                  labels=["gpu_uuid"])
+        limit = GaugeMetricFamily("nv_gpu_power_limit", "GPU power management limit in watts",
+                                  labels=["gpu_uuid"])
+        energy = CounterMetricFamily("nv_energy_consumption", "GPU energy consumption in "
+                                     "joules since the server started", labels=["gpu_uuid"])
+        for handle, start in zip(self._handles, self._energy_start, strict=False):
+            try:
+                uuid = nvml.nvmlDeviceGetUUID(handle)  # type: ignore[attr-defined]
+                uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+                usage.add_metric([uuid], nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)  # type: ignore[attr-defined]
+                limit.add_metric([uuid], nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0)  # type: ignore[attr-defined]
+                total = nvml.nvmlDeviceGetTotalEnergyConsumption(handle)  # type: ignore[attr-defined]
+                energy.add_metric([uuid], (total - start) / 1000.0)
+            except Exception:
+                logger.debug("NVML power read failed", exc_info=True)
+        yield from (usage, limit, energy)
 
     def close(self) -> None:
         try:

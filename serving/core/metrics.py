@@ -9,17 +9,21 @@ Labels ``model``/``version`` only ever come from the repository, never from clie
 from __future__ import annotations
 
 import re
-import socket
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, Metric, UnknownMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import Collector
 
 from serving.core.gpu import GpuCollector
+from serving.core.host_metrics import HostCollector
+from serving.core.peer_metrics import PeerFamilies, triton_names
 from serving.errors import FailureReason
 
 _LATENCY_BUCKETS = (
@@ -41,47 +45,9 @@ def _plain(match: re.Match[bytes]) -> bytes:
 
 
 def plain_numbers(text: bytes) -> bytes:
-    """A text exposition with integral values spelled out instead of in exponent form."""
-    return _EXPONENT.sub(_plain, text)
-
-
-class _TorchServeTotals(Collector):
-    """TorchServe's per-model inference totals under their TorchServe names and labels, so
-    dashboards and alerts written against TorchServe keep working after the switch.
-
-    ``ts_inference_latency_microseconds`` and ``ts_queue_latency_microseconds`` are running
-    sums without the ``_total`` suffix that prometheus_client adds to every counter, so they are
-    exposed untyped under their exact names; ``rate()`` reads them the same."""
-
-    def __init__(self) -> None:
-        self._host = socket.gethostname()
-        self._lock = threading.Lock()
-        self._sums: dict[tuple[str, str], list[float]] = {}  # -> [requests, latency us, queue us]
-
-    def add(self, model: str, version: str, duration_s: float, queue_s: float) -> None:
-        with self._lock:
-            sums = self._sums.setdefault((model, version), [0.0, 0.0, 0.0])
-            sums[0] += 1
-            sums[1] += duration_s * 1e6
-            sums[2] += queue_s * 1e6
-
-    def collect(self) -> Iterator[Metric]:
-        labels = ["model_name", "model_version", "hostname"]
-        requests = CounterMetricFamily("ts_inference_requests", "Successful inference requests "
-                                       "(TorchServe name)", labels=labels)
-        latency = UnknownMetricFamily("ts_inference_latency_microseconds", "Sum of inference "
-                                      "request latencies in microseconds (TorchServe name)",
-                                      labels=labels)
-        queue = UnknownMetricFamily("ts_queue_latency_microseconds", "Sum of queue latencies "
-                                    "in microseconds (TorchServe name)", labels=labels)
-        with self._lock:
-            rows = [(key, list(sums)) for key, sums in self._sums.items()]
-        for (model, version), (count, latency_us, queue_us) in rows:
-            values = [model, version, self._host]
-            requests.add_metric(values, count)
-            latency.add_metric(values, round(latency_us))
-            queue.add_metric(values, round(queue_us))
-        yield from (requests, latency, queue)
+    """A text exposition with integral values spelled out instead of in exponent form, and
+    Triton's counters under their own names (no ``_total``)."""
+    return triton_names(_EXPONENT.sub(_plain, text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +67,11 @@ class _Children:
 
 class Metrics:
     def __init__(
-        self, registry: CollectorRegistry, *, process: bool = True, gpu: bool = True
+        self, registry: CollectorRegistry, *, process: bool = True, gpu: bool = True,
+        host: bool = True,
     ) -> None:
+        # Every counter would also get a ``_created`` series: twice the scrape for nothing.
+        disable_created_metrics()
         self.registry = registry
         self._bound: dict[tuple[str, str], _Children] = {}
         r = registry
@@ -143,13 +112,15 @@ class Metrics:
         self.model_load_duration = Gauge(
             "capserve_model_load_duration_seconds", "Time the last load of the version took",
             _MV, registry=r)
-        self._torchserve = _TorchServeTotals()
-        r.register(self._torchserve)
+        self._peers = PeerFamilies()
+        r.register(self._peers)
         if process:
             ProcessCollector(registry=r)
         self._gpu = GpuCollector.create() if gpu else None
         if self._gpu is not None:
             r.register(self._gpu)
+        if host:
+            r.register(HostCollector())
 
     @property
     def has_gpu_collector(self) -> bool:
@@ -177,20 +148,22 @@ class Metrics:
         return found
 
     def request_succeeded(
-        self, model: str, version: str, duration_s: float, queue_s: float, batch_size: int
+        self, model: str, version: str, duration_s: float, queue_s: float, batch_size: int,
+        compute_s: tuple[float, float, float] = (0.0, 0.0, 0.0),
     ) -> None:
         c = self._children(model, version)
         c.success.inc()
         c.inferences.inc(batch_size)
         c.duration.observe(duration_s)
         c.queue.observe(queue_s)
-        self._torchserve.add(model, version, duration_s, queue_s)
+        self._peers.succeeded(model, version, batch_size, duration_s, queue_s, compute_s)
 
     def request_failed(
         self, model: str, version: str, reason: FailureReason, duration_s: float
     ) -> None:
         self.request_failure.labels(model, version, reason.value).inc()
         self.request_duration.labels(model, version).observe(duration_s)
+        self._peers.failed(model, version, reason)
 
     def execution(
         self, model: str, version: str, batch_size: int, compute_input_s: float,
@@ -198,13 +171,19 @@ class Metrics:
     ) -> None:
         c = self._children(model, version)
         c.executions.inc()
+        self._peers.executed(model, version)
         c.batch_size.observe(batch_size)
         c.compute_input.observe(compute_input_s)
         c.compute_infer.observe(compute_infer_s)
         c.compute_output.observe(compute_output_s)
 
+    def http_response(self, status: int) -> None:
+        """One HTTP answer (TorchServe's Requests2XX/4XX/5XX)."""
+        self._peers.http_response(status)
+
     def pending_changed(self, model: str, version: str, delta: int) -> None:
         self.pending_requests.labels(model, version).inc(delta)
+        self._peers.pending_changed(model, version, delta)
 
     def model_state(
         self, model: str, version: str, ready: bool, load_seconds: float | None = None

@@ -427,8 +427,9 @@ class InferenceService:
             checked.batch_size, elapsed, result.queue_s, result.compute_input_s,
             result.compute_infer_s, result.compute_output_s,
         )
-        self._metrics.request_succeeded(name, version, elapsed, result.queue_s,
-                                        checked.batch_size)
+        self._metrics.request_succeeded(
+            name, version, elapsed, result.queue_s, checked.batch_size,
+            (result.compute_input_s, result.compute_infer_s, result.compute_output_s))
         return response
 
     def _failed(self, loaded: LoadedVersion, reason: FailureReason, start: float) -> None:

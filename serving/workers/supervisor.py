@@ -35,9 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from serving.backends.devices import cuda_device_count
+from serving.core.gpu import GpuCollector
+from serving.core.host_metrics import HostCollector
 from serving.core.metrics import plain_numbers
 from serving.errors import InvalidInput
 from serving.settings import Settings
@@ -115,6 +123,7 @@ class Supervisor:
         self._rundir = Path(tempfile.mkdtemp(prefix="capserve-run-"))
         self._reserved: list[socket.socket] = []
         self._ports: dict[str, int] = {}
+        disable_created_metrics()  # no ``_created`` twin for every counter
         self.registry = CollectorRegistry()
         self._exits = Counter("capserve_worker_exits", "Worker processes that exited and were "
                               "replaced, by cause", ["cause"], registry=self.registry)
@@ -122,6 +131,11 @@ class Supervisor:
                                   registry=self.registry)
         Gauge("capserve_workers", "Worker processes configured",
               registry=self.registry).set(workers)
+        # The machine's gauges describe the host, not a worker: reported once, here.
+        self.registry.register(HostCollector())
+        self._gpu = GpuCollector.create()
+        if self._gpu is not None:
+            self.registry.register(self._gpu)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._merged: list[Any] = []
         self._metrics_listener: HttpListener | None = None

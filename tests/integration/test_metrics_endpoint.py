@@ -68,3 +68,52 @@ def test_metrics_move_with_requests(v2_server: ServerProcess) -> None:
     assert ts_delta("ts_inference_requests_total") == 5
     assert ts_delta("ts_inference_latency_microseconds") >= ts_delta(
         "ts_queue_latency_microseconds") > 0
+
+
+def test_triton_and_torchserve_names_count_every_request(v2_server: ServerProcess) -> None:
+    """Triton's nv_* families under Triton's names (counters without ``_total``), its failure
+    reasons, TorchServe's frontend status counts, and no ``_created`` series."""
+    raw = httpx.get(v2_server.metrics_url, timeout=10).text
+    assert "# TYPE nv_inference_request_success counter" in raw
+    assert "nv_inference_request_success_total" not in raw  # Triton's spelling on the wire
+    assert "_created" not in raw
+    before = scrape(v2_server)
+    sent = 7
+    for flavour in ("http", "grpc"):
+        module = grpcclient if flavour == "grpc" else __import__("tritonclient.http").http
+        c = module.InferenceServerClient(v2_server.grpc_url if flavour == "grpc"
+                                         else v2_server.http_url)
+        a = np.ones((1, 16), np.int32)
+        inputs = [module.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        for inp in inputs:
+            inp.set_data_from_numpy(a)
+        for _ in range(sent):
+            c.infer("simple", inputs)
+        bad = module.InferInput("INPUT0", [1, 16], "FP32")
+        bad.set_data_from_numpy(a.astype(np.float32))
+        with pytest.raises(InferenceServerException):
+            c.infer("simple", [bad, inputs[1]])
+        c.close()
+    after = scrape(v2_server)
+    m = {"model": "simple", "version": "1"}
+
+    def delta(name: str, **extra: str) -> float:
+        return value(after, name, **m, **extra) - value(before, name, **m, **extra)
+
+    assert delta("nv_inference_request_success_total") == 2 * sent
+    assert delta("nv_inference_count_total") == 2 * sent
+    assert 1 <= delta("nv_inference_exec_count_total") <= 2 * sent
+    assert delta("nv_inference_request_failure_total", reason="OTHER") == 2
+    assert delta("nv_inference_request_failure_total", reason="BACKEND") == 0
+    assert delta("nv_inference_request_duration_us_total") >= delta("nv_inference_queue_duration_us_total")
+    assert delta("nv_inference_compute_infer_duration_us_total") > 0
+    assert value(after, "nv_inference_pending_request_count", **m) == 0
+    assert value(after, "nv_cpu_memory_total_bytes") > 0
+    host = {"Level": "Host", "Hostname": __import__("socket").gethostname()}
+    # HTTP answers: the 7 successes and the one 400 of the HTTP client (gRPC is not HTTP/1).
+    # The parser spells counters with ``_total``; the wire has TorchServe's bare names.
+    assert "# TYPE Requests2XX counter" in raw
+    assert value(after, "Requests2XX_total", **host) - value(before, "Requests2XX_total",
+                                                               **host) >= sent
+    assert value(after, "Requests4XX_total", **host) - value(before, "Requests4XX_total",
+                                                               **host) == 1

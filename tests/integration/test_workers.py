@@ -103,6 +103,7 @@ def _ready_within(server: ServerProcess, seconds: float) -> float:
 def test_both_workers_serve_and_every_request_is_counted_once(two: ServerProcess) -> None:
     assert len(_workers(two)) == 2
     before = _metric(two, "capserve_request_success_total", model="lenet", version="1")
+    nv_before = _metric(two, "nv_inference_request_success_total", model="lenet", version="1")
     seen = {_v2_infer_new_connection(two) for _ in range(30)}
     assert seen == {"0", "1"}, seen
     for _ in range(10):
@@ -130,6 +131,14 @@ def test_both_workers_serve_and_every_request_is_counted_once(two: ServerProcess
     assert _metric(two, "capserve_request_success_total", model="lenet",
                    version="1") - before == sent
     assert _metric(two, "capserve_workers_ready") == 2
+    # Triton's names survive the supervisor's sum, spelled as Triton writes them.
+    assert _metric(two, "nv_inference_request_success_total", model="lenet",
+                   version="1") - nv_before == sent
+    raw = urllib.request.urlopen(two.metrics_url, timeout=10).read().decode()
+    assert "# TYPE nv_inference_request_success counter" in raw and "_created" not in raw
+    # Machine gauges come once (from the supervisor), process gauges once per worker.
+    assert raw.count("\nnv_cpu_memory_total_bytes ") == 1, raw
+    assert raw.count("process_resident_memory_bytes{") == 2
     # TorchServe's describe counts the model's instances on every worker.
     config = httpx.get(two.base + "/v2/models/lenet/config", timeout=10).json()
     per_worker = int(config["instance_group"][0]["count"])
