@@ -32,6 +32,8 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--log-format", {"choices": ["text", "json"], "help": "log line format (text)"}),
     ("--log-level", {"help": "log level (INFO)"}),
     ("--image-workers", {"type": int, "help": "threads decoding images"}),
+    ("--ts-config", {"help": "TorchServe config.properties to serve as TorchServe would (found "
+                             "by itself when --model-store is a KServe storage root)"}),
 ]
 _SWITCHES = [
     ("--enable-model-control", "allow repository index/load/unload (token-checked when a token file is set)"),
@@ -104,10 +106,14 @@ async def _serve(settings: Any) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     overrides = parse_args(argv)
+    import os
+
     from serving.logs import configure_logging
     from serving.settings import Settings
+    from serving.tsconfig.startup import read_ts_config
 
     try:
+        startup = read_ts_config(overrides, os.environ)
         settings = Settings(**overrides)
         settings.api_token()  # refuse a readable token file before anything starts
         if settings.enable_model_control and settings.api_token_file is None:
@@ -116,6 +122,27 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"capserve: invalid settings: {exc}", file=sys.stderr)
         return 2
+    if startup is None:
+        return _run(settings)
+    import shutil
+
+    from serving.tsconfig.startup import prepare
+
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        settings, work = prepare(settings, startup)
+    except ValueError as exc:
+        print(f"capserve: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _run(settings)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(settings: Any) -> int:
+    from serving.logs import configure_logging
+
     if not settings.model_store.is_dir():
         print(f"capserve: model store {settings.model_store} is not a directory "
               "(build one with `make store`)", file=sys.stderr)

@@ -126,6 +126,18 @@ class Settings(BaseSettings):
     http_max_concurrency: int = Field(default=2048, ge=1)
     """Connections plus open requests an HTTP listener serves at once; past it uvicorn answers
     503 at once instead of accepting more work (its ``limit_concurrency``)."""
+    ts_config: Path | None = None
+    """TorchServe ``config.properties`` to read (docs/torchserve.md has the key table); found
+    by itself when ``model_store`` is a KServe storage root (``config/config.properties``)."""
+    handler_response_timeout_seconds: float = Field(default=120.0, gt=0)
+    """Longest a custom handler (``--allow-archive-code``) may take for one batch when the
+    TorchServe config gives no ``responseTimeout``; then its handler process is restarted and
+    the batch fails."""
+    handler_start_timeout_seconds: float = Field(default=120.0, gt=0)
+    """Longest a handler process may take to import and ``initialize`` its handler."""
+    max_handler_response_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """Largest answer a custom handler may return for one batch; a larger one fails the batch
+    and restarts the handler process."""
 
     @field_validator("workers")
     @classmethod

@@ -18,6 +18,7 @@ import re
 import shutil
 import zipfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ def materialize_all(store: Path, cache_dir: Path, limits: ArchiveLimits,
         name = mar.stem
         if (store / name).is_dir():
             continue  # the Triton directory of the same model wins
+        if allow_archive_code and _own_handler(mar, limits):
+            continue  # served by handler processes (serving.handlers), not a backend
         try:
             found.append((name, materialize(mar, cache_dir, limits, allow_archive_code, name)))
         except ServingError as exc:
@@ -55,14 +58,26 @@ def materialize_all(store: Path, cache_dir: Path, limits: ArchiveLimits,
     return found
 
 
+def _own_handler(mar: Path, limits: ArchiveLimits) -> bool:
+    from serving.handlers.archive import runs_own_handler
+
+    try:
+        return runs_own_handler(mar, limits) is not None
+    except ServingError:
+        return False  # materialize() refuses it with the reason
+
+
 def materialize(mar: Path, cache_dir: Path, limits: ArchiveLimits | None = None,
-                allow_archive_code: bool = False, name: str = "") -> Path:
-    """The model directory for ``mar`` (built once per archive content)."""
+                allow_archive_code: bool = False, name: str = "",
+                batching: Mapping[str, int] | None = None) -> Path:
+    """The model directory for ``mar`` (built once per archive content and ``batching``:
+    ``max_batch_size``, ``max_queue_delay_microseconds`` and ``instances`` that replace the
+    defaults, as a TorchServe config.properties asks)."""
     limits = limits or ArchiveLimits()
     name = name or mar.stem
     if not _NAME.match(name):
         raise ArchiveError(f"'{name}' is not a valid model name")
-    digest = _sha256(mar)[:16]
+    digest = _sha256(mar, json.dumps(dict(batching or {}), sort_keys=True))[:16]
     root = cache_dir / f"{name}-{digest}"
     if (root / name / "config.pbtxt").is_file():
         return root / name
@@ -76,7 +91,7 @@ def materialize(mar: Path, cache_dir: Path, limits: ArchiveLimits | None = None,
         try:
             manifest = safe_extract(mar, extracted, limits)
             _build(name, manifest, extracted, tmp / name, allow_archive_code, mar.name,
-                   limits)
+                   limits, batching or {})
         except ArchiveError:
             raise
         except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
@@ -97,8 +112,10 @@ def materialize(mar: Path, cache_dir: Path, limits: ArchiveLimits | None = None,
     return root / name
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, salt: str = "{}") -> str:
     digest = hashlib.sha256()
+    if salt != "{}":  # archives without overrides keep the digest they always had
+        digest.update(salt.encode())
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
@@ -106,15 +123,16 @@ def _sha256(path: Path) -> str:
 
 
 def _build(name: str, manifest: Manifest, src: Path, model_dir: Path, allow_code: bool,
-           archive: str, limits: ArchiveLimits) -> None:
+           archive: str, limits: ArchiveLimits, batching: Mapping[str, int]) -> None:
     handler = manifest.handler_name
     if handler not in BUILTIN_HANDLERS:
         if not allow_code:
             raise ArchiveError(
                 f"{archive}: handler '{manifest.handler}' is Python code inside the archive; "
                 "capserve never runs archive code (built-in handlers: capserve_handler.py, "
-                "image_classifier, image_segmenter). --allow-archive-code (UNSAFE) accepts "
-                f"such archives and serves them with the built-in pipeline of {TASK_FILE}")
+                "image_classifier, image_segmenter). --allow-archive-code (UNSAFE: the "
+                "archive's code runs with the server's rights) runs its handler in handler "
+                f"processes, or serves it with the built-in pipeline of its {TASK_FILE}")
         log.warning("%s: custom handler %s accepted by --allow-archive-code; serving with "
                     "the built-in pipeline, the handler's code is not run", archive, handler)
     labels = _labels(src, archive, limits)
@@ -145,7 +163,8 @@ def _build(name: str, manifest: Manifest, src: Path, model_dir: Path, allow_code
     if labels:
         (model_dir / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
     platform = "onnxruntime_onnx" if onnx else "pytorch_libtorch"
-    (model_dir / "config.pbtxt").write_text(config_text(name, platform, task, bool(labels)))
+    (model_dir / "config.pbtxt").write_text(config_text(name, platform, task, bool(labels),
+                                                        batching))
 
 
 def _member_path(src: Path, name: str, archive: str) -> Path:
@@ -224,13 +243,20 @@ def _tensor(kind: str, spec: dict[str, Any], label_file: bool) -> str:
             f'{_dtype(spec.get("data_type", spec.get("datatype")))} dims: [{dims}]{extra} }}')
 
 
-def config_text(name: str, platform: str, task: dict[str, Any], has_labels: bool) -> str:
-    """config.pbtxt (protobuf text format) with the project's default batching."""
+def config_text(name: str, platform: str, task: dict[str, Any], has_labels: bool,
+                batching: Mapping[str, int] | None = None) -> str:
+    """config.pbtxt (protobuf text format) with the project's default batching, or the
+    ``batching`` values given (a model without a batch dimension keeps none)."""
+    batching = batching or {}
     try:
         inputs, outputs = task["inputs"], task["outputs"]
         max_batch = int(task.get("max_batch_size", 32))
     except (KeyError, TypeError, ValueError) as exc:
         raise ArchiveError(f"{TASK_FILE} lacks inputs/outputs/max_batch_size ({exc})") from None
+    if max_batch > 0 and batching.get("max_batch_size"):
+        max_batch = int(batching["max_batch_size"])
+    delay = int(batching.get("max_queue_delay_microseconds", 2000))
+    instances = max(1, int(batching.get("instances", 1)))
     kind = str(task.get("task", ""))
     label_output = {"classification": 0, "capsule_classification": "lengths"}.get(kind)
     lines = [f"name: {json.dumps(name)}", f"platform: {json.dumps(platform)}",
@@ -242,8 +268,8 @@ def config_text(name: str, platform: str, task: dict[str, Any], has_labels: bool
                                        or label_output in (idx, out.get("name")))
         lines.append(_tensor("output", out, wants_labels))
     if max_batch > 0:
-        lines.append("dynamic_batching { max_queue_delay_microseconds: 2000 }")
-    lines.append("instance_group [ { count: 1 kind: KIND_CPU } ]")
+        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {delay} }}")
+    lines.append(f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]")
     for key, value in task.items():
         if key not in _NOT_PARAMETERS and not isinstance(value, dict | list):
             lines.append(f"parameters {{ key: {json.dumps(str(key))} value: {{ string_value: "
