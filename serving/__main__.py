@@ -42,6 +42,17 @@ _SWITCHES = [
 ]
 
 
+# TorchServe's own flags that a KServe InferenceService passes (its predictor ``args`` are
+# appended to the runtime's): accepted so such a spec runs unchanged, each without effect.
+_TORCHSERVE_FLAGS = {
+    "--disable-token-auth": "inference needs no token; management needs --api-token-file",
+    "--start": "capserve serve always starts in the foreground",
+    "--foreground": "capserve serve always starts in the foreground",
+    "--ncs": "capserve writes no config snapshots",
+    "--no-config-snapshots": "capserve writes no config snapshots",
+}
+
+
 # Set by a supervisor for its workers, never by users.
 _INTERNAL = {"worker_id", "worker_cores", "worker_cpus", "archive_cache_dir"}
 
@@ -71,7 +82,17 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     for flag, help_text in _SWITCHES:
         parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
     _limit_flags(parser, {flag for flag, _ in _FLAGS} | {flag for flag, _ in _SWITCHES})
-    return vars(parser.parse_args(argv))
+    group = parser.add_argument_group("TorchServe flags accepted without effect")
+    for flag, why in _TORCHSERVE_FLAGS.items():
+        group.add_argument(flag, action="store_true", default=argparse.SUPPRESS,
+                           dest="torchserve_flag_" + flag.strip("-").replace("-", "_"),
+                           help=f"ignored: {why}")
+    args = vars(parser.parse_args(argv))
+    for key in [k for k in args if k.startswith("torchserve_flag_")]:
+        del args[key]
+        print(f"capserve: TorchServe flag --{key[16:].replace('_', '-')} ignored",
+              file=sys.stderr)
+    return args
 
 
 async def _serve(settings: Any) -> int:

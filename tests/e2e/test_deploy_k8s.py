@@ -21,8 +21,13 @@ KSERVE_KINDS = {("serving.kserve.io/v1alpha1", "ServingRuntime"),
                 ("serving.kserve.io/v1beta1", "InferenceService")}
 
 
-def _documents() -> Iterator[tuple[Path, dict[str, Any]]]:
-    for path in sorted(K8S.rglob("*.yaml")):
+TORCHSERVE = K8S / "kserve-torchserve"  # its own pair, checked by the tests at the end
+
+
+def _documents(under: Path = K8S) -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in sorted(under.rglob("*.yaml")):
+        if under == K8S and TORCHSERVE in path.parents:
+            continue
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 yield path, doc
@@ -151,3 +156,80 @@ def test_kserve_runtime_and_inference_service(docs: dict[str, dict[str, Any]]) -
     assert model["modelFormat"]["name"] in formats
     claim = re.match(r"pvc://([^/]+)/", model["storageUri"])
     assert claim and claim.group(1) == docs["PersistentVolumeClaim"]["metadata"]["name"]
+
+
+# -- the TorchServe runtime (modelFormat pytorch) and a TorchServe user's InferenceService -----
+# KSERVE_CRD_DIR: a folder with KServe's CRD files (serving.kserve.io_servingruntimes.yaml and
+# serving.kserve.io_inferenceservices.yaml from its kserve-crd chart); no registry package
+# ships them, so without it the schema check is skipped and the structural checks remain.
+
+
+def _torchserve_docs() -> dict[str, dict[str, Any]]:
+    return {doc["kind"]: doc for _, doc in _documents(TORCHSERVE)}
+
+
+def test_torchserve_runtime_replaces_kserve_torchserve() -> None:
+    docs = _torchserve_docs()
+    rt, isvc = docs["ServingRuntime"], docs["InferenceService"]
+    spec = rt["spec"]
+    assert {"v1", "v2"} <= set(spec["protocolVersions"])
+    (fmt,) = spec["supportedModelFormats"]
+    assert fmt["name"] == "pytorch" and fmt["autoSelect"] is True
+    assert fmt["priority"] > 2, "above KServe's own kserve-torchserve runtime (priority 2)"
+    c = _container(spec)
+    model = isvc["spec"]["predictor"]["model"]
+    # The InferenceService's args are appended to the runtime's: they must parse together.
+    args = _parse([*c["args"], *model.get("args", [])])
+    assert args["model_store"] == "/mnt/models" and args["host"] == "0.0.0.0"
+    assert [p["containerPort"] for p in c["ports"]] == [args["http_port"]]
+    assert model["modelFormat"]["name"] == fmt["name"]
+    assert model["protocolVersion"] in spec["protocolVersions"]
+    assert "runtime" not in model, "a user's spec names no runtime: auto-selection places it"
+
+
+def test_torchserve_kserve_layout_is_what_the_server_reads(tmp_path: Path) -> None:
+    from serving.tsconfig.layout import kserve_config
+
+    (tmp_path / "config").mkdir()
+    (tmp_path / "model-store").mkdir()
+    (tmp_path / "config" / "config.properties").write_text("load_models=all\n")
+    assert kserve_config(tmp_path) == tmp_path / "config" / "config.properties"
+
+
+def _crd_schema(crd_dir: Path, plural: str, version: str) -> dict[str, Any]:
+    text = (crd_dir / f"serving.kserve.io_{plural}.yaml").read_text()
+    text = re.sub(r"^\{\{.*\}\}\s*$", "", text, flags=re.M)  # helm chart template lines
+    crd = next(d for d in yaml.safe_load_all(text) if d and d.get("kind") ==
+               "CustomResourceDefinition")
+    entry = next(v for v in crd["spec"]["versions"] if v["name"] == version)
+    return dict(entry["schema"]["openAPIV3Schema"])
+
+
+def _closed(schema: Any) -> Any:
+    """The CRD schema with unknown fields refused, as the API server prunes/refuses them."""
+    if isinstance(schema, dict):
+        out = {k: _closed(v) for k, v in schema.items()}
+        if out.get("type") == "object" and "properties" in out and not out.get(
+                "x-kubernetes-preserve-unknown-fields") and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
+
+
+@pytest.mark.parametrize("kind, plural, version", [
+    ("ServingRuntime", "servingruntimes", "v1alpha1"),
+    ("InferenceService", "inferenceservices", "v1beta1")])
+def test_torchserve_pair_against_kserve_crds(kind: str, plural: str, version: str) -> None:
+    import os
+
+    jsonschema = pytest.importorskip("jsonschema")
+    crd_dir = os.environ.get("KSERVE_CRD_DIR")
+    if not crd_dir:
+        pytest.skip("KSERVE_CRD_DIR is not set (a folder with KServe's CRD yaml files)")
+    doc = _torchserve_docs()[kind]
+    schema = _closed(_crd_schema(Path(crd_dir), plural, version))
+    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(body))
+    assert not errors, [f"{list(e.path)}: {e.message}" for e in errors]
