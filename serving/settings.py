@@ -81,8 +81,9 @@ class Settings(BaseSettings):
 
     # -- limits on what clients send (the hostile-input work adds its fields below) -----------
     default_max_queue_size: int = Field(default=0, ge=0)
-    """Queue bound of a model whose config sets no ``max_queue_size``; 0: automatic, 4 x
-    max_batch_size x instances within [64, 1024]. A full queue answers 503/UNAVAILABLE at once."""
+    """Queue bound of a model whose config sets no ``max_queue_size``, in requests; 0:
+    automatic, 4 x max_batch_size x instances within [64, 1024] queued batch items (a request
+    of batch 32 counts 32). A full queue answers 503/UNAVAILABLE at once."""
     default_queue_timeout_seconds: float = Field(default=30.0, ge=0)
     """Longest a request waits in a queue whose config sets no ``default_timeout_microseconds``
     (then 503/UNAVAILABLE "Request timeout expired"); 0: no default timeout."""

@@ -143,6 +143,7 @@ class DynamicBatcher:
         self._name = name
         self._queues: list[deque[_Pending]] = [deque() for _ in range(policy.levels)]
         self._counts = [0] * policy.levels
+        self._items = [0] * policy.levels  # queued batch items per level
         self._free = list(range(len(runners)))[::-1]  # pop() takes instance 0 first
         self._running = 0
         self._workers = [InstanceWorker(f"infer-{name}-{i}") for i in range(len(runners))]
@@ -219,6 +220,8 @@ class DynamicBatcher:
         timeout = qpolicy.timeout_us(timeout_us)
         if qpolicy.max_queue_size and self._counts[level] >= qpolicy.max_queue_size:
             raise QueueFull()
+        if qpolicy.max_queue_items and self._items[level] + batch_size > qpolicy.max_queue_items:
+            raise QueueFull()
         now = self._clock.now()
         self._note_arrival(now)
         pending = _Pending(
@@ -236,6 +239,7 @@ class DynamicBatcher:
             )
         self._queues[level].append(pending)
         self._counts[level] += 1
+        self._items[level] += batch_size
         self._idle.clear()
         self._pending_changed(1)
         self._guarded_schedule()
@@ -255,6 +259,7 @@ class DynamicBatcher:
         """Take a queued request out (lazily: its deque entry is skipped and purged later)."""
         pending.state = _State.DONE
         self._counts[pending.level] -= 1
+        self._items[pending.level] -= pending.batch_size
         if pending.timer is not None:
             pending.timer.cancel()
         self._pending_changed(-1)
@@ -361,6 +366,7 @@ class DynamicBatcher:
             p.state = _State.RUNNING
             p.dispatched = now
             self._counts[p.level] -= 1
+            self._items[p.level] -= p.batch_size
             if p.timer is not None:
                 p.timer.cancel()
         self._pending_changed(-len(batch))

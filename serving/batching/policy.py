@@ -18,6 +18,10 @@ class QueuePolicy:
     max_queue_size: int = 0  # 0 = unbounded
     default_timeout_us: int = 0  # 0 = no timeout
     allow_timeout_override: bool = False
+    # capserve's automatic bound counts queued batch items, not requests: "4 batches of work"
+    # whatever batch size the requests carry. 0 = none (a config's max_queue_size counts
+    # requests, as Triton's does).
+    max_queue_items: int = 0
 
     def timeout_us(self, requested_us: int) -> int:
         """Effective queue timeout: a request may only lower the default, and only when allowed."""
@@ -67,7 +71,10 @@ class QueueDefaults:
 
     ``max_queue_size`` 0 means automatic: ``slots_per_batch`` x ``max_batch_size`` (1 for a
     model without batching) x instances, kept within ``[min_queue_size, max_queue_size_cap]``;
-    a cap of 0 turns the automatic bound off (unbounded, as Triton).
+    a cap of 0 turns the automatic bound off (unbounded, as Triton). The automatic bound counts
+    queued batch items (a request of batch 32 takes 32): counted in requests, requests of a
+    full batch each queued 32 times the work meant, ~25 s of capsnet at 10x overload, so
+    accepted requests waited until their clients had given up.
     """
 
     max_queue_size: int = 0
@@ -86,10 +93,13 @@ class QueueDefaults:
 
     def fill(self, policy: QueuePolicy, max_batch_size: int, instances: int) -> QueuePolicy:
         """``policy`` with its unset fields (0; proto3 cannot tell unset from 0) defaulted."""
+        automatic = not policy.max_queue_size and not self.max_queue_size
+        size = policy.max_queue_size or self.queue_size(max_batch_size, instances)
         return QueuePolicy(
-            max_queue_size=policy.max_queue_size or self.queue_size(max_batch_size, instances),
+            max_queue_size=size,
             default_timeout_us=policy.default_timeout_us or self.timeout_us,
             allow_timeout_override=policy.allow_timeout_override,
+            max_queue_items=size if automatic else 0,
         )
 
 

@@ -114,7 +114,8 @@ def test_a_config_without_queue_policy_gets_the_default_bound_and_timeout(
         text: str, instances: int, bound: int) -> None:
     policy = policy_from_config(parse(text), instances=instances, defaults=QueueDefaults())
     assert policy.queue_policy(0) == QueuePolicy(max_queue_size=bound,
-                                                 default_timeout_us=30_000_000)
+                                                 default_timeout_us=30_000_000,
+                                                 max_queue_items=bound)
 
 
 def test_the_config_own_queue_policy_wins_over_the_defaults() -> None:
@@ -127,7 +128,7 @@ def test_the_config_own_queue_policy_wins_over_the_defaults() -> None:
         }"""), instances=1, defaults=QueueDefaults(timeout_us=7))
     assert policy.queue_policy(0) == QueuePolicy(max_queue_size=3, default_timeout_us=500)
     assert policy.queue_policy(1) == QueuePolicy(max_queue_size=64, default_timeout_us=7,
-                                                 allow_timeout_override=True)
+                                                 allow_timeout_override=True, max_queue_items=64)
 
 
 def test_default_bound_refuses_at_once_and_default_timeout_expires() -> None:
