@@ -174,6 +174,15 @@ class DynamicBatcher:
     def queued(self) -> int:
         return sum(self._counts)
 
+    def queue_full(self) -> bool:
+        """Whether a request of one item at the default priority would be refused as queue
+        full now, so a transport can refuse before it reads and decodes a request."""
+        policy = self._policy
+        level = policy.level_for(0)
+        queue = policy.queue_policy(level)
+        return bool((queue.max_queue_size and self._counts[level] >= queue.max_queue_size)
+                    or (queue.max_queue_items and self._items[level] >= queue.max_queue_items))
+
     @property
     def running(self) -> int:
         """Requests handed to an executor and not yet answered."""

@@ -41,6 +41,7 @@ from serving.errors import (
     InvalidInput,
     ModelLoadFailed,
     ModelNotFound,
+    QueueFull,
     ServerNotReady,
     ServingError,
 )
@@ -392,6 +393,22 @@ class InferenceService:
         return {e.name: e.load_error for e in self._repo.entries() if e.load_error}
 
     # -- inference ---------------------------------------------------------------------------
+
+    def refuse_if_full(self, name: str, version: str = "") -> None:
+        """``QueueFull`` now (counted as a rejected request) when the version that would
+        serve ``name``/``version`` has a full default-priority queue. Transports call it before
+        reading and decoding a request: under overload a refusal then costs no body read,
+        parse or decode thread, and answers in well under a millisecond of server time."""
+        if self._draining:
+            return  # infer() gives its own answer
+        try:
+            loaded = self._repo.resolve(name, version)
+        except ServingError:
+            return  # the request reports its own bad name or version
+        if loaded.batcher.policy.levels == 1 and loaded.batcher.queue_full():
+            exc = QueueFull()
+            self._failed(loaded, exc.reason, time.perf_counter())
+            raise exc
 
     async def infer(self, request: InferRequest) -> InferResponse:
         if self._draining and _admitted_by.get() is not self:

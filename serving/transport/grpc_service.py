@@ -117,6 +117,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, message: pb.ModelInferRequest) -> pb.ModelInferResponse:
         request_id_var.set(message.id or new_request_id())
+        # Overload: UNAVAILABLE before the tensors are decoded (maybe on a worker thread).
+        self._service.refuse_if_full(message.model_name, message.model_version)
         request = await conv.infer_request_to_types_off_loop(message, self._limits)
         return conv.infer_response_from_types(await self._service.infer(request))
 

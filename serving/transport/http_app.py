@@ -157,6 +157,7 @@ class V2Handlers:
 
     async def infer(self, request: Request) -> Response:
         name, version = _model_path(request)
+        self.service.refuse_if_full(name, version)  # overload: 503 before reading the body
         body = await read_body(request, self.max_request_bytes)
         header_length = header(request, codec.HEADER_LENGTH)
         if header_length is not None and header_length.strip() == "0":

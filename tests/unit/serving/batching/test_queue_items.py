@@ -53,3 +53,23 @@ def test_a_configured_max_queue_size_still_counts_requests() -> None:
         await asyncio.gather(first, *queued)
         await b.close()
     run(body)
+
+
+def test_queue_full_says_what_the_next_request_of_one_item_would_get() -> None:
+    async def body() -> None:
+        b, model = _batcher(AUTOMATIC)
+        first, gate = await busy(b, model)
+        queued = [req(b, float(i), n=4) for i in range(3)]
+        await settle()
+        assert not b.queue_full()  # 12 of 16 items
+        queued.append(req(b, 5.0, n=4))
+        await settle()
+        assert b.queue_full()
+        with pytest.raises(QueueFull):
+            await req(b, 9.0, n=1)
+        model.gate = None
+        gate.set()
+        await asyncio.gather(first, *queued)
+        assert not b.queue_full()
+        await b.close()
+    run(body)

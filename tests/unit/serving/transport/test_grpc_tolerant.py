@@ -37,6 +37,9 @@ class AnsweringService:
     def admission(self) -> Iterator[None]:
         yield
 
+    def refuse_if_full(self, name: str, version: str = "") -> None:
+        """Never full."""
+
     async def infer(self, request: InferRequest) -> InferResponse:
         return InferResponse(request.model_name, "1", [], id=request.id)
 

@@ -26,6 +26,9 @@ class HeldService:
     def admission(self) -> Iterator[None]:
         yield
 
+    def refuse_if_full(self, name: str, version: str = "") -> None:
+        """Never full."""
+
     async def infer(self, request: InferRequest) -> InferResponse:
         self.inside += 1
         self.most_inside = max(self.most_inside, self.inside)
