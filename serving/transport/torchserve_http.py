@@ -39,6 +39,7 @@ from serving.transport.http_app import header, read_body
 if TYPE_CHECKING:
     from serving.archives.store import ModelStoreAccess
     from serving.core.service import InferenceService
+    from serving.handlers.models import HandlerModels
     from serving.settings import Settings
     from serving.tasks.registry import TaskRegistry
 
@@ -171,10 +172,21 @@ async def _multipart(request: Request, body: bytes) -> list[bytes]:
 
 class TorchServeHandlers:
     def __init__(self, service: InferenceService, pipelines: TaskRegistry,
-                 settings: Settings) -> None:
+                 settings: Settings, handler_models: HandlerModels | None = None) -> None:
         self.service = service
         self.pipelines = pipelines
         self.limit = int(settings.max_request_bytes)
+        self.handler_models = handler_models  # archives run by their own handler
+
+    async def _custom(self, request: Request, model: str, version: str) -> Response:
+        from serving.handlers.http import answer_response, handler_request
+
+        assert self.handler_models is not None
+        body = await read_body(request, self.limit)
+        job = await handler_request(request, body)
+        answer = await cancel_on_disconnect(
+            request, self.handler_models.predict(model, version, job))
+        return answer_response(answer)
 
     async def ping(self, request: Request) -> Response:
         healthy = self.service.server_ready()
@@ -191,6 +203,9 @@ class TorchServeHandlers:
         return await cancel_on_disconnect(request, run(model, version, images, options))
 
     async def predictions(self, request: Request) -> Response:
+        model = request.path_params["model"]
+        if self.handler_models is not None and model in self.handler_models:
+            return await self._custom(request, model, request.path_params.get("version", ""))
         return combine(await self._run(request, explain=False))
 
     async def explanations(self, request: Request) -> Response:
@@ -201,6 +216,8 @@ class TorchServeHandlers:
         model, _, verb = target.rpartition(":")
         if verb not in ("predict", "explain") or not model:
             raise InvalidInput(f"unknown KServe v1 verb in '{target}' (use :predict or :explain)")
+        if self.handler_models is not None and model in self.handler_models:
+            return await self._custom(request, model, "")  # its envelope reads the v1 body
         images = await off_loop(_v1_images, await read_body(request, self.limit))
         options = TaskOptions.parse(request.query_params, header(request, "accept") or "")
         run = self.pipelines.explain if verb == "explain" else self.pipelines.predict
@@ -269,8 +286,9 @@ def api_description(service: InferenceService) -> dict[str, Any]:
 
 
 def torchserve_routes(service: InferenceService, pipelines: TaskRegistry,
-                      settings: Settings) -> list[BaseRoute]:
-    h = TorchServeHandlers(service, pipelines, settings)
+                      settings: Settings, handler_models: HandlerModels | None = None
+                      ) -> list[BaseRoute]:
+    h = TorchServeHandlers(service, pipelines, settings, handler_models)
     return [
         Route("/ping", _guard(h.ping), methods=["GET", "POST"]),
         Route("/predictions/{model}", _guard(h.predictions), methods=["POST", "PUT"]),
@@ -295,6 +313,7 @@ class TorchServeParts:
     cache_dir: Path
     settings: Settings
     owns_cache_dir: bool = True
+    handler_models: HandlerModels | None = None
 
     def grpc_hook(self, server: aio.Server) -> None:
         """Adds InferenceAPIsService and ManagementAPIsService to the gRPC server."""
@@ -313,6 +332,8 @@ class TorchServeParts:
 
     def close(self) -> None:
         self.pipelines.close()
+        if self.handler_models is not None:
+            self.handler_models.close()
         if self.owns_cache_dir:
             shutil.rmtree(self.cache_dir, ignore_errors=True)
 
@@ -336,12 +357,16 @@ def build_torchserve(service: InferenceService, settings: Settings,
                                                 settings.allow_archive_code):
         add_model_dir(name, model_dir)
         archives.append(name)
+    from serving.handlers.models import start_handler_models
+
+    handler_models = start_handler_models(Path(settings.model_store), cache_dir, settings)
     pipelines = TaskRegistry(service, settings)
     store = ModelStoreAccess(Path(settings.model_store), cache_dir, limits=limits,
                              allow_archive_code=settings.allow_archive_code,
                              add_model_dir=add_model_dir)
     return TorchServeParts(
-        pipelines=pipelines, store=store, routes=torchserve_routes(service, pipelines, settings),
+        pipelines=pipelines, store=store,
+        routes=torchserve_routes(service, pipelines, settings, handler_models),
         management_app=create_management_app(service, settings, store),
         archive_models=archives, cache_dir=cache_dir, settings=settings,
-        owns_cache_dir=shared is None)
+        owns_cache_dir=shared is None, handler_models=handler_models)

@@ -100,7 +100,8 @@ def prepare_store(cfg: TsConfig, store: Path, work: Path, allow_archive_code: bo
         try:
             if allow_archive_code and runs_own_handler(mar, limits) is not None:
                 (served / f"{plan.name}.mar").symlink_to(mar.resolve())
-                plans[plan.name] = {**plan.to_json(), "workers": values["instances"]}
+                plans[plan.name] = {**plan.to_json(), "workers": values["instances"],
+                                    "envelope": cfg.envelope}
                 prepared.handler_models.append(plan.name)
                 continue
             model_dir = materialize(mar, cache, limits, allow_archive_code, plan.name, values)
