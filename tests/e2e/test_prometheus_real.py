@@ -2,8 +2,11 @@
 
 Debian's `prometheus` binary runs on a free loopback port with deploy/prometheus/prometheus.yml,
 rewritten only where a test must differ: the capserve target (the test server's metrics port),
-1 s scrape and evaluation intervals, and absolute rule-file paths. The test sends v2 inference
-requests and polls the query API until the request counter and the recording rules show them.
+1 s scrape and evaluation intervals, and absolute rule-file paths. The server runs two worker
+processes on a store holding only the model under test (each worker loads it). The test sends
+v2 inference requests and polls the query API until capserve's and Triton's request counters and
+the recording rules show them, and checks that every worker's gauges arrive with their `worker`
+label.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tests.helpers.server import ServerProcess, start_server
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "deploy/prometheus"
 MODEL = "lenet"
+WORKERS = 2
 
 
 def _prometheus_config(metrics_port: int, prom_port: int) -> dict[str, Any]:
@@ -48,7 +52,11 @@ def _prometheus_config(metrics_port: int, prom_port: int) -> dict[str, Any]:
 
 @pytest.fixture
 def server(default_store: Path, tmp_path: Path) -> Iterator[ServerProcess]:
-    srv = start_server(default_store, tmp_path, env={"OMP_NUM_THREADS": "1"})
+    # Only the model under test: every worker loads the whole store.
+    store = tmp_path / "store"
+    shutil.copytree(default_store / MODEL, store / MODEL)
+    srv = start_server(store, tmp_path,
+                       env={"OMP_NUM_THREADS": "1", "CAPSERVE_WORKERS": str(WORKERS)})
     try:
         yield srv
     finally:
@@ -101,14 +109,24 @@ def _wait(ok: Callable[[], bool], timeout: float, what: str,
         time.sleep(0.25)
 
 
-def _query(base: str, promql: str) -> dict[str, float]:
-    """Instant query -> {model label (or ''): value}."""
+def _results(base: str, promql: str) -> list[dict[str, Any]]:
+    """Instant query -> its samples, each {"metric": labels, "value": [time, text]}."""
     raw = _get(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
     if raw is None:
-        return {}
+        return []
     body = json.loads(raw)
     assert body["status"] == "success", body
-    return {r["metric"].get("model", ""): float(r["value"][1]) for r in body["data"]["result"]}
+    return list(body["data"]["result"])
+
+
+def _query(base: str, promql: str) -> dict[str, float]:
+    """Instant query -> {model label (or ''): value}."""
+    return {r["metric"].get("model", ""): float(r["value"][1]) for r in _results(base, promql)}
+
+
+def _workers(base: str, promql: str) -> set[str]:
+    """The `worker` labels of a query's samples."""
+    return {r["metric"].get("worker", "") for r in _results(base, promql)}
 
 
 def _shows(base: str, promql: str, value: float) -> bool:
@@ -139,6 +157,9 @@ def test_prometheus_scrapes_requests_and_records_rules(server: ServerProcess,
     # with the wrong shape, which is refused and must count as a failure of that model.
     ok_total = f'sum by (model) (capserve_request_success_total{{job="capserve",model="{MODEL}"}})'
     failed = f'sum by (model) (capserve_request_failure_total{{model="{MODEL}",reason="invalid"}})'
+    # Triton's names for the same requests: an invalid request is Triton's reason OTHER.
+    nv_ok = f'sum by (model) (nv_inference_request_success{{job="capserve",model="{MODEL}"}})'
+    nv_failed = f'sum by (model) (nv_inference_request_failure{{model="{MODEL}",reason="OTHER"}})'
     sent_ok = sent_bad = 0
     for burst in (5, 10):
         for _ in range(burst):
@@ -149,6 +170,10 @@ def test_prometheus_scrapes_requests_and_records_rules(server: ServerProcess,
               f"{sent_ok} successful requests in Prometheus")
         _wait(partial(_shows, prometheus, failed, sent_bad), 20,
               f"{sent_bad} refused requests in Prometheus")
+        _wait(partial(_shows, prometheus, nv_ok, sent_ok), 20,
+              f"{sent_ok} successful requests under Triton's name")
+        _wait(partial(_shows, prometheus, nv_failed, sent_bad), 20,
+              f"{sent_bad} refused requests under Triton's name")
 
     rate = f'model:capserve_requests:rate1m{{model="{MODEL}"}}'
     _wait(lambda: _query(prometheus, rate).get(MODEL, 0.0) > 0, 20, "the request-rate rule")
@@ -156,6 +181,17 @@ def test_prometheus_scrapes_requests_and_records_rules(server: ServerProcess,
     _wait(lambda: 0 < _query(prometheus, ratio).get(MODEL, 0.0) < 0.5, 20, "the error-ratio rule")
     p95 = f'model:capserve_request_duration_seconds:p95_5m{{model="{MODEL}"}}'
     _wait(lambda: _query(prometheus, p95).get(MODEL, 0.0) > 0, 20, "the p95 latency rule")
+    queue_us = f'model:nv_inference_queue_duration_us:mean_5m{{model="{MODEL}"}}'
+    _wait(lambda: _query(prometheus, queue_us).get(MODEL, 0.0) > 0, 20,
+          "the Triton queue-time rule")
+    # Every worker's gauges, told apart by `worker`, as the dashboard's per-worker panels read
+    # them (resident memory only of capserve's processes, not Prometheus's own).
+    every = {str(i) for i in range(WORKERS)}
+    assert _query(prometheus, 'sum(capserve_workers_ready{job="capserve"})') == {"": WORKERS}
+    assert _workers(prometheus, 'capserve_inflight_requests{job="capserve"}') == every
+    rss = ('max by (instance, worker) (process_resident_memory_bytes '
+           'and on (instance, worker) capserve_inflight_requests)')
+    assert _workers(prometheus, rss) == every
     # The alert rules were loaded and evaluate; nothing is firing for a healthy server.
     rules = json.loads(_get(f"{prometheus}/api/v1/rules") or b"{}")["data"]["groups"]
     alerts = {r["name"]: r for g in rules for r in g["rules"] if r["type"] == "alerting"}
