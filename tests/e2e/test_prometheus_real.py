@@ -6,7 +6,7 @@ rewritten only where a test must differ: the capserve target (the test server's 
 processes on a store holding only the model under test (each worker loads it). The test sends
 v2 inference requests and polls the query API until capserve's and Triton's request counters and
 the recording rules show them, and checks that every worker's gauges arrive with their `worker`
-label.
+label. Last, every query of both Grafana dashboards runs against what was scraped.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from tests.helpers.server import ServerProcess, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "deploy/prometheus"
+DASHBOARDS = ROOT / "deploy/grafana/dashboards"
 MODEL = "lenet"
 WORKERS = 2
 
@@ -192,8 +193,32 @@ def test_prometheus_scrapes_requests_and_records_rules(server: ServerProcess,
     rss = ('max by (instance, worker) (process_resident_memory_bytes '
            'and on (instance, worker) capserve_inflight_requests)')
     assert _workers(prometheus, rss) == every
+    _check_dashboards(prometheus)
     # The alert rules were loaded and evaluate; nothing is firing for a healthy server.
     rules = json.loads(_get(f"{prometheus}/api/v1/rules") or b"{}")["data"]["groups"]
     alerts = {r["name"]: r for g in rules for r in g["rules"] if r["type"] == "alerting"}
     assert {"CapserveHighErrorRatio", "CapserveDown", "CapserveModelNotReady"} <= set(alerts)
     assert alerts["CapserveDown"]["health"] == "ok" and alerts["CapserveDown"]["state"] == "inactive"
+
+
+def _dashboard_queries() -> list[tuple[str, str, str]]:
+    """(dashboard, panel title, PromQL with Grafana's variables filled in) of every query."""
+    out = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"].replace("$__rate_interval", "1m").replace("$model", ".*")
+                out.append((path.name, panel["title"], expr))
+    return out
+
+
+def _must_show_data(title: str) -> bool:
+    # No GPU here and no worker exited: those panels are rightly empty.
+    return "GPU" not in title and "exits" not in title
+
+
+def _check_dashboards(prometheus: str) -> None:
+    queries = _dashboard_queries()
+    assert {d for d, _, _ in queries} == {"capserve.json", "triton.json"}
+    empty = [(d, t, e) for d, t, e in queries if _must_show_data(t) and not _results(prometheus, e)]
+    assert not empty, f"panels without data: {empty}"
