@@ -26,7 +26,7 @@ from serving.logs import new_request_id, request_id_var
 from serving.transport import grpc_converters as conv
 from serving.transport.auth import ModelControlGate
 from serving.transport.errors import grpc_errors, grpc_status_message
-from serving.transport.grpc_tolerant import add_service
+from serving.transport.grpc_tolerant import Undecodable, add_service, answers_undecodable
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +122,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request = await conv.infer_request_to_types_off_loop(message, self._limits)
         return conv.infer_response_from_types(await self._service.infer(request))
 
+    @answers_undecodable
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest | Undecodable],
+        context: aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests of one stream run concurrently; an error answers that request and the stream goes on.
+        """Requests of one stream run concurrently; an error answers that request and the stream
+        goes on (a message that does not decode too: its answer carries only the error).
 
         At most ``stream_max_inflight`` requests of a stream are running or answered but not
         yet written; past that the stream is not read further (HTTP/2 flow control then slows
@@ -135,7 +138,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         pending: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self._stream_max_inflight)
 
-        async def answer(message: pb.ModelInferRequest) -> None:
+        async def answer(message: pb.ModelInferRequest | Undecodable) -> None:
+            if isinstance(message, Undecodable):  # one bad request of the stream
+                out.put_nowait(pb.ModelStreamInferResponse(error_message=message.message()))
+                return
             try:
                 with self._service.admission():
                     response = pb.ModelStreamInferResponse(infer_response=await self._infer(message))

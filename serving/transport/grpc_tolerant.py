@@ -8,9 +8,14 @@ reliability figures), and inside a request stream the servicer's reader dies wit
 function, given a stand-in server that only collects the method handlers. Each handler is then
 registered on the real server with a deserializer that never raises (it returns an
 :class:`Undecodable` marker) and a behaviour that answers the marker with INVALID_ARGUMENT
-"request is not a valid <message>: <reason>". In a request stream the first message that does
-not parse ends the stream as the servicer sees it: the messages before it are answered, then
-the call ends with that INVALID_ARGUMENT.
+"request is not a valid <message>: <reason>".
+
+In a request stream, a method marked :func:`answers_undecodable` receives the marker among its
+messages and answers it like any bad request (the stream goes on). For any other, the first
+message that does not parse ends the stream as the servicer sees it: the messages before it
+are answered, the rest of what the client sends is read and dropped, then the call ends with
+that INVALID_ARGUMENT. Ending a call while the client is still writing would make its grpc
+library report "Internal error from Core" instead of our status.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import contextlib
 import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
@@ -94,6 +99,18 @@ def _unary_request(behaviour: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+_ANSWERS_UNDECODABLE = "_answers_undecodable"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def answers_undecodable(method: _F) -> _F:
+    """Mark a request-streaming servicer method that answers :class:`Undecodable` messages
+    itself (as one failed request of the stream)."""
+    setattr(method, _ANSWERS_UNDECODABLE, True)
+    return method
+
+
 class _Requests:
     """A request stream that ends at its first undecodable message and remembers it."""
 
@@ -110,13 +127,17 @@ class _Requests:
         message = await anext(self._source)
         if isinstance(message, Undecodable):
             self.bad = message
+            async for _ in self._source:  # let the client finish writing (see module doc)
+                pass
             raise StopAsyncIteration
         return message
 
 
 def _stream_request(behaviour: Callable[..., Any]) -> Callable[..., Any]:
     """A behaviour reading a request stream: answers what came before a bad message, then
-    ends the call with INVALID_ARGUMENT for it."""
+    ends the call with INVALID_ARGUMENT for it (unless it answers such messages itself)."""
+    if getattr(behaviour, _ANSWERS_UNDECODABLE, False):
+        return behaviour
     if inspect.isasyncgenfunction(behaviour):
         async def stream(source: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
             requests = _Requests(source)

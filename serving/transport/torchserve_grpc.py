@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
+import grpc
 from google.protobuf import empty_pb2
 from grpc import aio
 
@@ -22,7 +23,7 @@ from serving.generated import torchserve_inference_pb2_grpc as pb_grpc
 from serving.generated.google.rpc import status_pb2
 from serving.tasks.options import TaskOptions
 from serving.transport.errors import classify, grpc_errors
-from serving.transport.grpc_tolerant import add_service
+from serving.transport.grpc_tolerant import Undecodable, add_service, answers_undecodable
 from serving.transport.torchserve_http import model_version
 
 if TYPE_CHECKING:
@@ -77,11 +78,16 @@ class TorchServeInference(pb_grpc.InferenceAPIsServiceServicer):
             await context.abort(mapping.grpc_status, message)
         yield pb.PredictionResponse(prediction=prediction)
 
+    @answers_undecodable
     async def StreamPredictions2(self,
-                                 request_iterator: AsyncIterator[pb.PredictionsRequest],
+                                 request_iterator: AsyncIterator[pb.PredictionsRequest | Undecodable],
                                  context: aio.ServicerContext
                                  ) -> AsyncIterator[pb.PredictionResponse]:
         async for request in request_iterator:
+            if isinstance(request, Undecodable):  # one failed request; the call goes on
+                yield pb.PredictionResponse(status=status_pb2.Status(
+                    code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=request.message()))
+                continue
             seq = request.sequence_id if request.HasField("sequence_id") else None
             try:
                 yield pb.PredictionResponse(prediction=await self._predict(request),
