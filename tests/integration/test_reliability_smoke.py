@@ -18,10 +18,6 @@ from tests.helpers.server import ServerProcess
 from tests.integration.conftest import API_TOKEN
 
 SURFACES = ("v2-http-json", "v2-http-binary", "v2-grpc", "management-http", "management-grpc")
-# Surfaces where the corpus still finds 5xx answers (issue 12 work in progress):
-# v2-grpc: undecodable protobuf gives UNKNOWN instead of INVALID_ARGUMENT;
-# v2-http-json: a version number past int64 gives 500.
-OPEN = {"v2-grpc", "v2-http-json"}
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +53,7 @@ def test_server_survives_and_answers_every_case(
     assert not unanswered
 
 
-@pytest.mark.parametrize("surface", [
-    pytest.param(s, marks=pytest.mark.xfail(strict=False, reason="issue 12: 5xx still open"))
-    if s in OPEN else s for s in SURFACES])
+@pytest.mark.parametrize("surface", SURFACES)
 def test_no_5xx(answers: dict[str, dict[str, Counter[str]]], surface: str) -> None:
     failing = {kind: dict(c) for kind, c in answers.get(surface, {}).items()
                if any(fuzz.is_failure(s) for s in c)}
