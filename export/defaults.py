@@ -1,8 +1,8 @@
 """``python -m export.defaults --checkpoints checkpoints --store model_store [--force]``.
 
 Exports every default checkpoint present (lenet, capsnet (+ capsnet_decoder), unet,
-style_mosaic) to ONNX + TorchScript + ``.mar``, in one process so torch, the ONNX exporter and
-ONNX Runtime are loaded once. A model whose store entries were all exported from the same
+style_mosaic, and the lecture-scale alexnet, vgg, googlenet) to ONNX + TorchScript + ``.mar``,
+in one process so torch, the ONNX exporter and ONNX Runtime are loaded once. A model whose store entries were all exported from the same
 checkpoint file (``source_sha256``) is skipped unless ``--force``; a changed checkpoint is
 exported as a new version. ``make store`` / ``make serve`` and the test suite's
 ``default_store`` fixture run it.
@@ -31,7 +31,7 @@ from export.model_config import parse_config
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODELS = ("lenet", "capsnet", "unet", "style_mosaic")
+DEFAULT_MODELS = ("lenet", "capsnet", "unet", "style_mosaic", "alexnet", "vgg", "googlenet")
 FORMATS = ("onnx", "torchscript", "mar")
 MAX_BATCH_SIZE = 32
 

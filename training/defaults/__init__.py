@@ -38,6 +38,13 @@ DEFAULT_MODELS = (
                  "test_accuracy", 0.97),
     DefaultModel("capsnet", ("capsnet", "--data", "mnist5k", "--epochs", "15", "--lr", "2e-3"),
                  "test_accuracy", 0.98),
+    # the lecture-scale ImageNet-era CNNs, on the same digits resized to the side each needs
+    DefaultModel("alexnet", ("alexnet_lecture", "--data", "mnist5k", "--epochs", "15",
+                             "--lr", "1e-3"), "test_accuracy", 0.965),
+    DefaultModel("vgg", ("vgg_lecture", "--data", "mnist5k", "--epochs", "15", "--lr", "1e-3"),
+                 "test_accuracy", 0.96),
+    DefaultModel("googlenet", ("googlenet_lecture", "--data", "mnist5k", "--epochs", "20",
+                               "--lr", "3e-3"), "test_accuracy", 0.95),
     DefaultModel("unet", ("unet", "--data", "shapes", "--epochs", "12", "--batch-size", "16",
                           "--lr", "5e-3", "--model-kwargs", '{"base_width": 16, "depth": 3}'),
                  "test_mean_iou", 0.85),

@@ -117,7 +117,7 @@ def write_report(models: Sequence[DefaultModel], ckpt_dir: Path, docs: Path) -> 
     lines = [
         "# Default models",
         "",
-        "`make models` (`python -m training.defaults --out checkpoints`) trains these four models "
+        f"`make models` (`python -m training.defaults --out checkpoints`) trains these {len(models)} models "
         "from scratch with the training CLI, on data that ships with the installed packages or "
         "is generated, checks each held-out quality gate and rewrites this page. The checkpoints "
         "are committed, so `make serve` only exports them. Training is seeded and runs on one "
@@ -154,9 +154,24 @@ def write_report(models: Sequence[DefaultModel], ckpt_dir: Path, docs: Path) -> 
             SAMPLERS[m.name](path, img_dir / f"{m.name}_samples.png")
             sec += [CAPTIONS[m.name], "", f"![{m.name} samples](img/models/{m.name}_samples.png)", ""]
         sections += sec
-    lines += ["", *NOTES, "", *sections]
+    lines += ["", *NOTES, "", *sections, *SERVED_EXPLANATION]
     (docs / "models.md").write_text("\n".join(lines).rstrip() + "\n")
     log.info("wrote %s", docs / "models.md")
+
+
+SERVED_EXPLANATION = [
+    "## The served CapsNet explanation", "",
+    "`curl -T tests/data/images/digit7.png localhost:8000/explanations/capsnet` answers with "
+    "the capsule lengths, the winning capsule's 16-D pose, all poses, the reconstruction and a "
+    "perturbation grid (`?format=png` returns the grid alone). The grid follows figure 4 of "
+    "Sabour et al. (2017): only the winning capsule's pose is kept, one of 11 values in "
+    "[-0.25, 0.25] is added to one dimension at a time (columns) and each variant is decoded; "
+    "row d sweeps dimension d. This is the server's answer for `digit7.png` from the default "
+    "`capsnet` (predicted 7, capsule length 0.885): row 6 (dimension 5) turns a faint thin "
+    "stroke into a thick bright one; most other rows change the digit only slightly over this "
+    "range. docs/capsules.md measures how much each dimension changes the reconstruction.", "",
+    "![served perturbation grid for digit7.png](img/capsules/served_explanation.png)", "",
+]
 
 
 def _quote(arg: str) -> str:
@@ -175,8 +190,18 @@ NOTES = [
     "",
     "Train times are wall-clock seconds as recorded in each checkpoint's provenance; the "
     "committed models were trained side by side on a shared, busy 2-core machine, so they "
-    "overstate the cost. From the measured per-step costs on one idle thread the four together "
-    "take about 13 CPU-minutes (LeNet ~0.3, CapsNet ~5, U-Net ~5, style ~3).",
+    "overstate the cost. From the measured per-step costs on one idle thread the original four together "
+    "take about 13 CPU-minutes (LeNet ~0.3, CapsNet ~5, U-Net ~5, style ~3); the three "
+    "lecture-scale CNNs add about 4 (AlexNet ~1, VGG ~1.5, GoogLeNet ~1.5).",
+    "",
+    "AlexNet, VGG and GoogLeNet are the papers' topologies at lecture scale "
+    "(`training/models/lecture.py`): AlexNet's 11x11/4, 5x5 and 3x3 convolutions with local "
+    "response normalisation, overlapping max-pools and two dropout layers; VGG-11's 3x3 "
+    "stacks; GoogLeNet's 7x7/2 stem with LRN and four inception modules whose 1x1 convolutions "
+    "reduce depth first (no auxiliary heads). Only the widths are reduced, so each checkpoint "
+    "is 0.4-2.7 MB. They train on the same grey digits, resized to 64x64 (AlexNet) or 32x32, "
+    "and the server resizes a client's image the same way (`resize: exact`). "
+    "docs/capsules.md compares them with CapsNet.",
     "",
     "Style transfer uses no pretrained network: its perceptual loss is a frozen, seeded, "
     "random-weight multi-scale filter bank (six branches of 32 filters; `training/style_loss.py`), "

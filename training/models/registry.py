@@ -14,6 +14,7 @@ from torch import nn
 
 from training.models import classic
 from training.models.capsnet import CapsNet
+from training.models.lecture import AlexNetLecture, GoogLeNetLecture, VGGLecture
 from training.models.lenet import LeNet5
 from training.models.transformer_net import TransformerNet
 from training.models.unet import UNet
@@ -63,6 +64,17 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "transformer_net": ArchSpec(TransformerNet, "style_transfer", "RGB", 128, 4, "photos",
                                 fully_convolutional=True,
                                 summary="fast style transfer network (Johnson et al. 2016)"),
+    "alexnet_lecture": ArchSpec(AlexNetLecture, "classification", None, 64, 63, "mnist5k",
+                                summary="AlexNet (Krizhevsky et al. 2012) at lecture scale: 11x11/4, "
+                                        "5x5, 3x3 convs, LRN, overlapping pools, dropout FCs; "
+                                        "narrow widths"),
+    "vgg_lecture": ArchSpec(VGGLecture, "classification", None, 32, 32, "mnist5k",
+                            summary="VGG-11 (Simonyan and Zisserman 2015, configuration A) at "
+                                    "lecture scale: 3x3 conv stacks, widths x 0.25"),
+    "googlenet_lecture": ArchSpec(GoogLeNetLecture, "classification", None, 32, 15, "mnist5k",
+                                  summary="GoogLeNet (Szegedy et al. 2015) at lecture scale: 7x7/2 "
+                                          "stem with LRN, inception modules 3a-3b and 4a-4b with "
+                                          "1x1 reductions, global average pool; widths x 0.25"),
     "alexnet": ArchSpec(classic.alexnet, "classification", "RGB", 64, 63, "digits",
                         summary="torchvision AlexNet"),
     "vgg11": ArchSpec(classic.vgg11, "classification", "RGB", 32, 32, "digits",

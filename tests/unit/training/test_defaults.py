@@ -27,16 +27,17 @@ def test_default_checkpoint_passes_its_gate(model: object) -> None:
     assert ckpt["provenance"]["dry_run"] is False and ckpt["provenance"]["seed"] == 0
 
 
-@pytest.mark.parametrize("name", ["lenet", "capsnet"])
+@pytest.mark.parametrize("name", ["lenet", "capsnet", "alexnet", "vgg", "googlenet"])
 def test_stored_accuracy_is_reproduced_on_the_test_split(name: str) -> None:
     ckpt = load_checkpoint(CHECKPOINTS / f"{name}.pt")
     model = build_model(ckpt["arch"], **ckpt["arch_kwargs"])
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     ds = data.load("mnist5k")
-    x = data.normalize(ds.test_x, ckpt["input"]["mean"], ckpt["input"]["std"])
+    side = ckpt["input"]["height"]  # the lecture CNNs see the digits resized
+    x = data.normalize(data.adapt(ds.test_x, "L", side), ckpt["input"]["mean"], ckpt["input"]["std"])
     with torch.no_grad():
-        out = torch.cat([model(x[i:i + 250]) if name == "lenet" else model(x[i:i + 250])[0]
+        out = torch.cat([model(x[i:i + 250]) if name != "capsnet" else model(x[i:i + 250])[0]
                          for i in range(0, 1000, 250)])
     accuracy = float((out.argmax(1) == ds.test_y).float().mean())
     assert accuracy == pytest.approx(ckpt["metrics"]["test_accuracy"], abs=1e-6)
