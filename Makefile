@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 STORE ?= model_store
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps protos lint test test-unit models store serve bench reliability e2e-compose clean-store
+.PHONY: venv system-deps protos lint test test-unit models store serve bench reliability e2e-compose clean-store compare
 
 $(STAMP): pyproject.toml
 	@test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -53,6 +53,12 @@ reliability: venv system-deps store
 # The whole Compose stack for real (needs a Docker engine; see docs/deploy.md).
 e2e-compose:
 	deploy/e2e-compose.sh
+
+# CNNs against CapsNet (few examples, shifts/rotations, Picasso, pose probes): docs/capsules.md,
+# about 30 CPU-minutes on one thread; `make compare QUICK=1` is the one-minute smoke run
+# (written under build/compare-quick/). SPEED=bench/results/X.json adds the served speed table.
+compare: venv
+	$(PYTHON) -m training.compare $(if $(QUICK),--quick,) $(if $(SPEED),--speed $(SPEED),)
 
 clean-store:
 	rm -rf $(STORE)/*/ $(STORE)/*.mar
