@@ -62,6 +62,17 @@ def _batch(conn: Connection, header: dict[str, Any]) -> list[dict[str, Any]]:
     return batch
 
 
+class _Headers(dict[str, Any]):
+    """Request headers looked up without regard to case: HTTP names are case-insensitive, and
+    capserve's HTTP server hands them over in lower case whatever the client sent."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default) if isinstance(key, str) else default
+
+    def __getitem__(self, key: str) -> Any:
+        return super().__getitem__(key.lower())
+
+
 def _error(conn: Connection, code: int, message: str) -> None:
     conn.send_bytes(json.dumps({"error": {"code": code, "message": message}}).encode())
 
@@ -71,6 +82,9 @@ def _run(service: Any, conn: Connection, header: dict[str, Any]) -> None:
 
     batch = _batch(conn, header)
     headers, input_batch, req_ids = Service.retrieve_data_for_inference(batch)
+    for processor in headers:
+        processor._request_header = _Headers(
+            {str(k).lower(): v for k, v in processor._request_header.items()})
     ctx = service.context
     ctx.request_ids = req_ids
     ctx.request_processor = headers

@@ -50,7 +50,6 @@ def handle(data, context):
     for i, row in enumerate(data):
         body = row.get("data") or row.get("body")
         out.append({"model": context.manifest["model"]["modelName"], "bytes": len(body),
-                    "tag": context.get_request_header(i, "x-tag"),
                     "batch_size": props["batch_size"]})
     return out
 '''
@@ -167,19 +166,16 @@ def torchserve(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         pytest.skip("the torchserve package is not installed in this environment")
     work = tmp_path_factory.mktemp("torchserve-handlers")
     ports = {k: free_port() for k in ("inference", "management", "metrics", "grpc", "grpc_m")}
-    models = {"lists": {"1.0": {"batchSize": 4, "maxBatchDelay": 200, "marName": "lists.mar",
-                                "minWorkers": 1, "maxWorkers": 1}}}
     (work / "config.properties").write_text(
         f"inference_address=http://127.0.0.1:{ports['inference']}\n"
         f"management_address=http://127.0.0.1:{ports['management']}\n"
         f"metrics_address=http://127.0.0.1:{ports['metrics']}\n"
         f"grpc_inference_port={ports['grpc']}\ngrpc_management_port={ports['grpc_m']}\n"
-        "default_workers_per_model=1\ndisable_system_metrics=true\n"
-        f"models={json.dumps(models)}\n")
+        "default_workers_per_model=1\ndisable_system_metrics=true\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LOG_LOCATION": str(work / "logs"),
            "METRICS_LOCATION": str(work / "logs"),
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
-    names = ["doubler", "function"]
+    names = ["doubler", "function", "lists"]
     log = open(work / "torchserve.log", "wb")  # noqa: SIM115 (closed in finally)
     proc = subprocess.Popen(
         [str(launcher), "--start", "--foreground", "--ncs", "--disable-token-auth",
@@ -189,7 +185,7 @@ def torchserve(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         management = f"http://127.0.0.1:{ports['management']}"
         deadline = time.monotonic() + 180
-        while not all(_ready(management, n) for n in [*names, "lists"]):
+        while not all(_ready(management, n) for n in names):
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = (work / "torchserve.log").read_text(errors="replace")[-3000:]
                 pytest.fail(f"TorchServe did not get ready:\n{tail}")
@@ -230,13 +226,16 @@ def test_base_handler_answer(capserve: ServerProcess) -> None:
 
 
 def test_batch_of_lists_is_one_handler_call(capserve: ServerProcess) -> None:
-    with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda b: _post(f"{capserve.base}/predictions/lists", b),
-                                [b"a", b"bb", b"ccc", b"dddd"]))
-    assert all(status == 200 for status, _ in answers), answers
-    rows = [json.loads(body) for _, body in answers]
-    assert sorted(r[1] for r in rows) == [1, 2, 3, 4]
-    assert max(r[0] for r in rows) > 0, "the four requests never shared a batch"
+    shared = False
+    for _ in range(3):  # arrivals on a loaded machine may miss one 200 ms window
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda b: _post(f"{capserve.base}/predictions/lists", b),
+                                    [b"a", b"bb", b"ccc", b"dddd"]))
+        assert all(status == 200 for status, _ in answers), answers
+        rows = [json.loads(body) for _, body in answers]
+        assert sorted(r[1] for r in rows) == [1, 2, 3, 4]
+        shared = shared or max(r[0] for r in rows) > 0
+    assert shared, "the requests never shared a batch"
 
 
 @pytest.mark.parametrize("trigger, code, message", [
