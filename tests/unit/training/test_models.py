@@ -24,6 +24,11 @@ TINY: dict[str, tuple[dict[str, Any], tuple[int, ...], tuple[int, ...]]] = {
     "inception_v3": ({"num_classes": 5}, (3, 75, 75), (5,)),
     "resnet18": ({"num_classes": 5, "small_input": True}, (3, 16, 16), (5,)),
     "resnet50": ({"num_classes": 5}, (3, 32, 32), (5,)),
+    "alexnet_lecture": ({"num_classes": 5, "input_size": 63, "widths": [4, 8, 8, 8, 8],
+                         "hidden": 16}, (1, 63, 63), (5,)),
+    "vgg_lecture": ({"num_classes": 5, "width": 0.0625, "hidden": 16}, (1, 32, 32), (5,)),
+    "googlenet_lecture": ({"num_classes": 5, "in_channels": 3, "input_size": 15, "width": 0.125},
+                          (3, 15, 15), (5,)),
 }
 
 
