@@ -15,6 +15,9 @@ import uuid
 from contextvars import ContextVar
 
 request_id_var: ContextVar[str] = ContextVar("capserve_request_id", default="")
+# The span context of the request being handled when tracing is on (serving/tracing.py), kept
+# beside the request id so the batcher can hand both on without importing the tracing SDK.
+trace_context_var: ContextVar[object | None] = ContextVar("capserve_trace", default=None)
 
 
 def new_request_id() -> str:

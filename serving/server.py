@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving import tracing
 from serving.core.limits import ServiceLimits
 from serving.core.metrics import Metrics
 from serving.core.repository import ModelRepository
@@ -184,6 +185,7 @@ class Server:
                 close()
             except Exception:
                 logger.exception("error while closing an extension")
+        tracing.shutdown()  # flush the spans of the drained requests
         # Metrics last: a scraper can watch the drain until the very end.
         if self._metrics is not None:
             with contextlib.suppress(Exception):
@@ -247,6 +249,8 @@ def build_server(
     service_class: type[InferenceService] = InferenceService,
 ) -> Server:
     """Create the registry, metrics, repository, core service and the transports (binds nothing)."""
+    if not tracing.active():
+        tracing.configure()  # before the routes are built: they are wrapped only when it is on
     registry = CollectorRegistry()
     # The machine's gauges (CPU, memory, GPUs) come once from the supervisor, not per worker.
     machine = settings.worker_id < 0

@@ -60,7 +60,7 @@ from serving.errors import (
     RequestTimeout,
     ServingError,
 )
-from serving.logs import request_id_var
+from serving.logs import request_id_var, trace_context_var
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class BatchObserver(Protocol):
 
     def execution_finished(
         self, batch_size: int, compute_input_s: float, compute_infer_s: float,
-        compute_output_s: float,
+        compute_output_s: float, traces: Sequence[object] = (),
     ) -> None: ...
 
 
@@ -104,6 +104,7 @@ class _Pending:
     timer: TimerHandle | None = None
     dispatched: float = 0.0
     request_id: str = ""
+    trace: object | None = None  # the request's span context when tracing is on (opaque here)
 
 
 @dataclass(slots=True, eq=False)
@@ -241,6 +242,7 @@ class DynamicBatcher:
             enqueued=now,
             future=asyncio.get_running_loop().create_future(),
             request_id=request_id_var.get(),
+            trace=trace_context_var.get(),
         )
         if timeout:
             pending.timer = self._clock.call_at(
@@ -476,7 +478,7 @@ class DynamicBatcher:
             if timings is not None and self._observer is not None:
                 self._observer.execution_finished(
                     size, timings.compute_input_s, timings.compute_infer_s,
-                    timings.compute_output_s,
+                    timings.compute_output_s, [p.trace for p in batch if p.trace is not None],
                 )
         except Exception:
             logger.exception("batch completion failed for %s", self._name)

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 
 import numpy as np
 
+from serving import tracing
 from serving.batching import BatchObserver
 from serving.core.classification import classify
 from serving.core.config import datatype_of
@@ -80,11 +81,16 @@ class _Observer:
 
     def execution_finished(
         self, batch_size: int, compute_input_s: float, compute_infer_s: float,
-        compute_output_s: float,
+        compute_output_s: float, traces: Sequence[object] = (),
     ) -> None:
         self._stats.record_execution(batch_size, compute_input_s, compute_infer_s, compute_output_s)
         self._metrics.execution(self._name, self._version, batch_size, compute_input_s,
                                 compute_infer_s, compute_output_s)
+        if traces:  # one span per execution, linked to every traced request it served
+            tracing.record_span(
+                "execute", compute_input_s + compute_infer_s + compute_output_s, 0.0,
+                links=traces, **{"capserve.model": self._name, "capserve.version": self._version,
+                                 "capserve.batch_size": batch_size})
 
 
 class InferenceService:
@@ -447,6 +453,8 @@ class InferenceService:
         self._metrics.request_succeeded(
             name, version, elapsed, result.queue_s, checked.batch_size,
             (result.compute_input_s, result.compute_infer_s, result.compute_output_s))
+        compute_s = result.compute_input_s + result.compute_infer_s + result.compute_output_s
+        tracing.record_span("queue", result.queue_s + compute_s, compute_s)
         return response
 
     def _failed(self, loaded: LoadedVersion, reason: FailureReason, start: float) -> None:

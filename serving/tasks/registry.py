@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from serving import tracing
 from serving.core.types import InferRequest, RequestedOutput, Tensor
 from serving.errors import InvalidInput, PayloadTooLarge
 from serving.tasks import explain as explain_mod
@@ -158,19 +159,22 @@ class TaskRegistry:
                       options: TaskOptions) -> list[TaskResult]:
         """One answer per image, in order."""
         entry = self._model(model, version)
-        prepared = await self._prepare_all(entry.spec, images)
+        with tracing.child_span("decode", images=len(images)):
+            prepared = await self._prepare_all(entry.spec, images)
         wanted = self._wanted(entry, options, explain=False)
         # The JSON mask budget is per request: its images share it.
         options = dataclasses.replace(
             options, mask_json_values=max(1, self._mask_json_values // len(prepared)))
         if len(prepared) == 1:
             out = await self._infer(entry, version, prepared[0].tensor, wanted)
-            return [await self._render(entry, prepared[0], out, options)]
+            with tracing.child_span("encode"):
+                return [await self._render(entry, prepared[0], out, options)]
         outputs = await asyncio.gather(
             *(self._infer(entry, version, p.tensor, wanted) for p in prepared))
-        return list(await asyncio.gather(
-            *(self._render(entry, p, out, options)
-              for p, out in zip(prepared, outputs, strict=True))))
+        with tracing.child_span("encode"):
+            return list(await asyncio.gather(
+                *(self._render(entry, p, out, options)
+                  for p, out in zip(prepared, outputs, strict=True))))
 
     async def explain(self, model: str, version: str, images: Sequence[bytes],
                       options: TaskOptions) -> list[TaskResult]:

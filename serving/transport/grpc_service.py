@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from serving import tracing
 from serving.core.service import InferenceService
 from serving.core.validation import DEFAULT_LIMITS, TensorLimits
 from serving.errors import Unsupported
@@ -24,6 +25,7 @@ from serving.generated import grpc_service_pb2_grpc as pb_grpc
 from serving.generated import health_pb2, health_pb2_grpc
 from serving.logs import new_request_id, request_id_var
 from serving.transport import grpc_converters as conv
+from serving.transport import traced
 from serving.transport.auth import ModelControlGate
 from serving.transport.errors import grpc_errors, grpc_status_message
 from serving.transport.grpc_tolerant import Undecodable, add_service, answers_undecodable
@@ -111,6 +113,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return conv.statistics_from_types(stats)
 
     @grpc_errors
+    @traced.grpc_method("ModelInfer")
     async def ModelInfer(self, request: pb.ModelInferRequest, context: aio.ServicerContext) -> pb.ModelInferResponse:
         with self._service.admission():  # a drain that begins now lets this call finish
             return await self._infer(request)
@@ -119,8 +122,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request_id_var.set(message.id or new_request_id())
         # Overload: UNAVAILABLE before the tensors are decoded (maybe on a worker thread).
         self._service.refuse_if_full(message.model_name, message.model_version)
-        request = await conv.infer_request_to_types_off_loop(message, self._limits)
-        return conv.infer_response_from_types(await self._service.infer(request))
+        with tracing.child_span("decode"):
+            request = await conv.infer_request_to_types_off_loop(message, self._limits)
+        response = await self._service.infer(request)
+        with tracing.child_span("encode"):
+            return conv.infer_response_from_types(response)
 
     @answers_undecodable
     async def ModelStreamInfer(

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
+from serving import tracing
 from serving.core import datatypes
 from serving.core.service import InferenceService
 from serving.core.types import InferRequest, InferResponse, Tensor
@@ -31,6 +32,7 @@ from serving.logs import new_request_id, request_id_var
 from serving.settings import Settings
 from serving.transport import grpc_converters as conv
 from serving.transport import http_codec as codec
+from serving.transport import traced
 from serving.transport.auth import ModelControlGate
 from serving.transport.disconnect import cancel_on_disconnect
 from serving.transport.errors import http_error_payload
@@ -160,17 +162,20 @@ class V2Handlers:
         self.service.refuse_if_full(name, version)  # overload: 503 before reading the body
         body = await read_body(request, self.max_request_bytes)
         header_length = header(request, codec.HEADER_LENGTH)
-        if header_length is not None and header_length.strip() == "0":
-            infer_request = self._raw_binary_request(name, version, body)
-            decoded = codec.DecodedRequest(infer_request, binary_default=True)
-        elif len(body) <= INLINE_DECODE_BYTES:
-            decoded = self._decode(name, version, body, header_length)
-        else:  # parsing is a client-sized amount of work: keep it off the event loop
-            decoded = await asyncio.to_thread(self._decode, name, version, body, header_length)
+        with tracing.child_span("decode"):
+            if header_length is not None and header_length.strip() == "0":
+                infer_request = self._raw_binary_request(name, version, body)
+                decoded = codec.DecodedRequest(infer_request, binary_default=True)
+            elif len(body) <= INLINE_DECODE_BYTES:
+                decoded = self._decode(name, version, body, header_length)
+            else:  # parsing is a client-sized amount of work: keep it off the event loop
+                decoded = await asyncio.to_thread(self._decode, name, version, body,
+                                                  header_length)
         infer_request = decoded.request
         request_id_var.set(infer_request.id or new_request_id())
         response = await cancel_on_disconnect(request, self.service.infer(infer_request))
-        return await self._encode(request, response, decoded)
+        with tracing.child_span("encode"):
+            return await self._encode(request, response, decoded)
 
     def _decode(self, name: str, version: str, body: bytes,
                 header_length: str | None) -> codec.DecodedRequest:
@@ -295,7 +300,8 @@ def v2_routes(handlers: V2Handlers) -> list[BaseRoute]:
             Route(prefix + "/ready", g(h.model_ready), methods=["GET"]),
             Route(prefix + "/config", g(h.model_config), methods=["GET"]),
             Route(prefix + "/stats", g(h.model_stats), methods=["GET"]),
-            Route(prefix + "/infer", g(h.infer), methods=["POST"]),
+            Route(prefix + "/infer", g(traced.http_endpoint("ModelInfer", h.infer)),
+                  methods=["POST"]),
             Route(prefix + "/trace/setting", g(h.unsupported), methods=["GET", "POST"]),
         ]
     for path in ("/v2/systemsharedmemory{rest:path}", "/v2/cudasharedmemory{rest:path}",

@@ -22,6 +22,7 @@ from serving.generated import torchserve_inference_pb2 as pb
 from serving.generated import torchserve_inference_pb2_grpc as pb_grpc
 from serving.generated.google.rpc import status_pb2
 from serving.tasks.options import TaskOptions
+from serving.transport import traced
 from serving.transport.errors import classify, grpc_errors
 from serving.transport.grpc_tolerant import Undecodable, add_service, answers_undecodable
 from serving.transport.torchserve_http import model_version
@@ -64,6 +65,7 @@ class TorchServeInference(pb_grpc.InferenceAPIsServiceServicer):
         return pb.TorchServeHealthResponse(health=json.dumps({"status": status}))
 
     @grpc_errors
+    @traced.grpc_method("Predictions")
     async def Predictions(self, request: pb.PredictionsRequest,
                           context: aio.ServicerContext) -> pb.PredictionResponse:
         return pb.PredictionResponse(prediction=await self._predict(request))

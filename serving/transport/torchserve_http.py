@@ -32,6 +32,7 @@ from serving.errors import InvalidInput, ServingError
 from serving.logs import new_request_id, request_id_var
 from serving.tasks.options import TaskOptions
 from serving.tasks.registry import TaskResult
+from serving.transport import traced
 from serving.transport.disconnect import cancel_on_disconnect
 from serving.transport.errors import classify
 from serving.transport.http_app import header, read_body
@@ -289,13 +290,16 @@ def torchserve_routes(service: InferenceService, pipelines: TaskRegistry,
                       settings: Settings, handler_models: HandlerModels | None = None
                       ) -> list[BaseRoute]:
     h = TorchServeHandlers(service, pipelines, settings, handler_models)
+    predictions = traced.http_endpoint("Predictions", h.predictions)
+    explanations = traced.http_endpoint("Explanations", h.explanations)
+    kserve_v1 = traced.http_endpoint("KServeV1", h.kserve_v1)
     return [
         Route("/ping", _guard(h.ping), methods=["GET", "POST"]),
-        Route("/predictions/{model}", _guard(h.predictions), methods=["POST", "PUT"]),
-        Route("/predictions/{model}/{version}", _guard(h.predictions), methods=["POST", "PUT"]),
-        Route("/explanations/{model}", _guard(h.explanations), methods=["POST", "PUT"]),
-        Route("/explanations/{model}/{version}", _guard(h.explanations), methods=["POST", "PUT"]),
-        Route("/v1/models/{target}", _guard(h.kserve_v1), methods=["POST"]),
+        Route("/predictions/{model}", _guard(predictions), methods=["POST", "PUT"]),
+        Route("/predictions/{model}/{version}", _guard(predictions), methods=["POST", "PUT"]),
+        Route("/explanations/{model}", _guard(explanations), methods=["POST", "PUT"]),
+        Route("/explanations/{model}/{version}", _guard(explanations), methods=["POST", "PUT"]),
+        Route("/v1/models/{target}", _guard(kserve_v1), methods=["POST"]),
         Route("/api-description", _guard(h.api_description), methods=["GET"]),
         Route("/", _guard(h.api_description), methods=["OPTIONS"]),
     ]
