@@ -77,8 +77,20 @@ def read_labels(model_dir: Path, config: model_config_pb2.ModelConfig) -> list[s
     return []
 
 
+# Versions are int64 in the protocols: 19 digits hold them all.
+MAX_VERSION_DIGITS = 19
+
+
+def is_version_name(name: str) -> bool:
+    """ASCII digits, at most 19: ``str.isdigit`` alone accepts '²' and other scripts' digits
+    that ``int`` refuses, and ``int`` refuses over 4300 digits."""
+    return len(name) <= MAX_VERSION_DIGITS and name.isascii() and name.isdigit()
+
+
 def available_versions(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    """Version folders of a model directory (a folder named otherwise is not a version)."""
+    return sorted(int(p.name) for p in model_dir.iterdir()
+                  if p.is_dir() and is_version_name(p.name))
 
 
 def select_versions(model_dir: Path, config: model_config_pb2.ModelConfig) -> list[str]:

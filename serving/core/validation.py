@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from serving.core.config import datatype_of
+from serving.core.config import MAX_VERSION_DIGITS, datatype_of, is_version_name
 from serving.core.datatypes import triton_to_numpy
 from serving.core.types import InferRequest, ParamValue, RequestedOutput
 from serving.errors import InvalidInput, ModelNotFound, shown
@@ -113,18 +113,13 @@ class ElementBudget:
         return count
 
 
-# Versions are int64 in the protocols: 19 digits hold them all.
-MAX_VERSION_DIGITS = 19
-
-
 def check_version(name: str, version: str) -> str:
     """``version`` when it is "" or at most 19 ASCII digits; ModelNotFound otherwise.
 
     ``str.isdigit`` accepts superscripts and other scripts' digits that ``int`` refuses (a
     version of '²' failed as a server error), and ``int`` refuses over 4300 digits.
     """
-    if version and not (len(version) <= MAX_VERSION_DIGITS and version.isascii()
-                        and version.isdigit()):
+    if version and not is_version_name(version):
         raise ModelNotFound(
             f"Request for unknown model: '{shown(name)}' version {shown(version)!r} is not "
             f"found (a version is an integer of at most {MAX_VERSION_DIGITS} digits)")

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from grpc import aio
 
+from serving.core.config import available_versions
 from serving.core.repository import ModelRepository
 from serving.core.validation import check_version
 from serving.errors import MESSAGE_BYTES, InvalidInput, ModelNotFound, bounded_message
@@ -81,3 +82,10 @@ def test_a_not_found_for_a_huge_non_ascii_name_reaches_a_grpc_client_as_not_foun
             await server.stop(0)
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_folders_that_are_not_version_numbers_are_not_versions(tmp_path: Path) -> None:
+    # An archive or a careless copy can leave such folders beside the real versions.
+    for name in ("1", "12", "²", "١", "9" * 250, "x"):
+        (tmp_path / name).mkdir()
+    assert available_versions(tmp_path) == [1, 12]
