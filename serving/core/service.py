@@ -25,6 +25,7 @@ from serving.core.limits import ServiceLimits
 from serving.core.loaded import LoadedVersion
 from serving.core.metrics import Metrics
 from serving.core.repository import ModelRepository
+from serving.core.shm import RegionStatus, SharedMemoryRegistry
 from serving.core.stats import ModelStats, StatsRecorder
 from serving.core.types import (
     InferRequest,
@@ -67,6 +68,7 @@ EXTENSIONS = (
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "system_shared_memory",
 )
 
 
@@ -109,6 +111,7 @@ class InferenceService:
         self._quiet.set()
         self._drain_deadline: float | None = None
         self._control_locks: dict[str, asyncio.Lock] = {}
+        self.shared_memory = SharedMemoryRegistry()
         repository.set_observer_factory(self._observer_for)
 
     def _observer_for(self, name: str, version: str) -> tuple[StatsRecorder, BatchObserver]:
@@ -175,6 +178,7 @@ class InferenceService:
         a second), else the close timeout; then they fail and their threads are abandoned."""
         self._closed = True
         self._draining = True
+        self.shared_memory.unregister()
         if self._drain_deadline is not None:
             bound = max(_CLOSE_AFTER_DRAIN_S, self._drain_deadline - time.monotonic())
         else:
@@ -397,6 +401,21 @@ class InferenceService:
 
     def load_failures(self) -> dict[str, str]:
         return {e.name: e.load_error for e in self._repo.entries() if e.load_error}
+
+    # -- system shared memory ----------------------------------------------------------------
+
+    async def register_shared_memory(self, name: str, key: str, offset: int,
+                                     byte_size: int) -> None:
+        """Register a region here; a worker of a supervisor registers it on every worker
+        before it answers (its core overrides this)."""
+        self.shared_memory.register(name, key, offset, byte_size)
+
+    async def unregister_shared_memory(self, name: str = "") -> None:
+        """Unregister ``name`` ("" = all); on every worker for a worker of a supervisor."""
+        self.shared_memory.unregister(name)
+
+    def shared_memory_status(self, name: str = "") -> list[RegionStatus]:
+        return self.shared_memory.status(name)
 
     # -- inference ---------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from serving.core import datatypes
+from serving.core.shm import SHM_PARAMETERS, RegionStatus, ShmScope, in_region, take_ref
 from serving.core.stats import ModelStats, StatDuration
 from serving.core.types import (
     InferRequest,
@@ -109,37 +110,64 @@ def _narrowed(values: Any, dtype: np.dtype, name: str, field_name: str) -> np.nd
     return wide.astype(dtype)
 
 
-def infer_request_to_types(msg: pb.ModelInferRequest,
-                           limits: TensorLimits = DEFAULT_LIMITS) -> InferRequest:
+def _in_shm(params: Any) -> bool:
+    return any(k in params for k in SHM_PARAMETERS)
+
+
+def infer_request_to_types(msg: pb.ModelInferRequest, limits: TensorLimits = DEFAULT_LIMITS,
+                           shm: ShmScope | None = None) -> InferRequest:
     """A ``ModelInferRequest`` as the neutral request; raw and typed contents never mixed.
 
     Each input's datatype and shape are checked against ``limits`` before its data is read.
+    Inputs and outputs that name a shared-memory region are read from / noted in ``shm``;
+    such inputs have no entry in ``raw_input_contents`` (tritonclient sends none for them).
     """
     check_version(msg.model_name, msg.model_version)
     budget = ElementBudget(limits)
     raw = msg.raw_input_contents
     if raw and any(t.HasField("contents") for t in msg.inputs):
         raise InvalidInput("inputs must use either raw_input_contents or typed contents, not both")
-    if raw and len(raw) != len(msg.inputs):
+    for t in msg.inputs:  # a half-given reference is named as such, before any count
+        if _in_shm(t.parameters):
+            take_ref(params_to_types(t.parameters), f"input '{t.name}'")
+    carried = [t for t in msg.inputs if not _in_shm(t.parameters)]
+    if raw and len(raw) != len(carried):
         raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs"
+            f"raw_input_contents has {len(raw)} entries for {len(carried)} inputs"
+            + (" not in shared memory" if len(carried) != len(msg.inputs) else "")
         )
+    if shm is None and len(carried) != len(msg.inputs):
+        raise InvalidInput("shared memory is not available on this service")
     inputs: list[Tensor] = []
-    for i, tensor in enumerate(msg.inputs):
+    next_raw = 0
+    for tensor in msg.inputs:
         shape = tuple(tensor.shape)
         datatypes.triton_to_numpy(tensor.datatype)  # an unknown datatype fails before anything else
         count = budget.take(tensor.name, tensor.datatype, shape)
-        if raw:
-            data = datatypes.array_from_raw(raw[i], tensor.datatype, shape, tensor.name)
+        params = params_to_types(tensor.parameters)
+        shared = None if shm is None else shm.input_array(tensor.name, tensor.datatype, shape,
+                                                          params)
+        if shared is not None:
+            if tensor.HasField("contents"):
+                raise InvalidInput(
+                    f"input '{tensor.name}' has both a shared memory region and contents")
+            data = shared
+        elif raw:
+            data = datatypes.array_from_raw(raw[next_raw], tensor.datatype, shape, tensor.name)
+            next_raw += 1
         else:
             data = _typed_contents(tensor, shape, count)
         inputs.append(Tensor(
             name=tensor.name, datatype=tensor.datatype, shape=shape, data=data,
-            parameters=params_to_types(tensor.parameters),
+            parameters=params,
         ))
     outputs: list[RequestedOutput] = []
     for out in msg.outputs:
         params = params_to_types(out.parameters)
+        if _in_shm(params):
+            if shm is None:
+                raise InvalidInput("shared memory is not available on this service")
+            shm.take_output(out.name, params)
         class_count = params.pop(_CLASSIFICATION, 0)
         if not isinstance(class_count, int) or isinstance(class_count, bool) or class_count < 0:
             raise InvalidInput(f"output '{out.name}': 'classification' must be a non-negative integer")
@@ -156,16 +184,18 @@ INLINE_DECODE_BYTES = 32 * 1024
 
 
 async def infer_request_to_types_off_loop(
-    msg: pb.ModelInferRequest, limits: TensorLimits = DEFAULT_LIMITS
+    msg: pb.ModelInferRequest, limits: TensorLimits = DEFAULT_LIMITS,
+    shm: ShmScope | None = None,
 ) -> InferRequest:
     """:func:`infer_request_to_types`, on a worker thread when the payload is large (BYTES and
-    typed contents are converted element by element)."""
+    typed contents are converted element by element; inputs in shared memory are views and
+    cost nothing)."""
     size = sum(len(r) for r in msg.raw_input_contents)
     if not msg.raw_input_contents:
         size = sum(_typed_count(t) for t in msg.inputs) * 4
     if size <= INLINE_DECODE_BYTES:
-        return infer_request_to_types(msg, limits)
-    return await asyncio.to_thread(infer_request_to_types, msg, limits)
+        return infer_request_to_types(msg, limits, shm)
+    return await asyncio.to_thread(infer_request_to_types, msg, limits, shm)
 
 
 def _typed_count(tensor: pb.ModelInferRequest.InferInputTensor) -> int:
@@ -180,7 +210,10 @@ def infer_response_from_types(resp: InferResponse) -> pb.ModelInferResponse:
     for tensor in resp.outputs:
         out = msg.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         params_from_types(out.parameters, tensor.parameters)
-        msg.raw_output_contents.append(datatypes.array_to_raw(tensor.data, tensor.datatype))
+        if in_region(tensor.parameters):  # in the client's region; the empty entry keeps
+            msg.raw_output_contents.append(b"")  # every later output at its own index
+        else:
+            msg.raw_output_contents.append(datatypes.array_to_raw(tensor.data, tensor.datatype))
     return msg
 
 
@@ -218,6 +251,14 @@ def statistics_from_types(stats: list[ModelStats]) -> pb.ModelStatisticsResponse
             _duration(batch.compute_input, b.compute_input)
             _duration(batch.compute_infer, b.compute_infer)
             _duration(batch.compute_output, b.compute_output)
+    return msg
+
+
+def shm_status_from_types(regions: list[RegionStatus]) -> pb.SystemSharedMemoryStatusResponse:
+    msg = pb.SystemSharedMemoryStatusResponse()
+    for r in regions:
+        entry = msg.regions[r.name]
+        entry.name, entry.key, entry.offset, entry.byte_size = r.name, r.key, r.offset, r.byte_size
     return msg
 
 

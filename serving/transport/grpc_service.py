@@ -2,8 +2,8 @@
 
 Thin by design: each method converts the message (``grpc_converters``), calls the core
 :class:`InferenceService`, converts the answer back; ``grpc_errors`` maps any failure through the
-one error table. Triton RPCs capserve does not implement (shared memory, trace, log settings)
-answer UNIMPLEMENTED with a message saying so.
+one error table. Triton RPCs capserve does not implement (CUDA shared memory, trace, log
+settings) answer UNIMPLEMENTED with a message saying so.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from serving.transport import traced
 from serving.transport.auth import ModelControlGate
 from serving.transport.errors import grpc_errors, grpc_status_message
 from serving.transport.grpc_tolerant import Undecodable, add_service, answers_undecodable
+from serving.transport.shared_memory import shm_gate, write_outputs_off_loop
 
 logger = logging.getLogger(__name__)
 
 _SHUTDOWN = object()  # marker put into open streams' queues when the server drains
 
 _UNSUPPORTED_RPCS = (
-    "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
     "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
     "TraceSetting", "LogSettings",
 )
@@ -122,11 +122,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request_id_var.set(message.id or new_request_id())
         # Overload: UNAVAILABLE before the tensors are decoded (maybe on a worker thread).
         self._service.refuse_if_full(message.model_name, message.model_version)
-        with tracing.child_span("decode"):
-            request = await conv.infer_request_to_types_off_loop(message, self._limits)
-        response = await self._service.infer(request)
-        with tracing.child_span("encode"):
-            return conv.infer_response_from_types(response)
+        with self._service.shared_memory.scope() as shm:  # regions held until answered
+            with tracing.child_span("decode"):
+                request = await conv.infer_request_to_types_off_loop(message, self._limits, shm)
+            response = await self._service.infer(request)
+            if shm.has_outputs:
+                await write_outputs_off_loop(shm, response)
+            with tracing.child_span("encode"):
+                return conv.infer_response_from_types(response)
 
     @answers_undecodable
     async def ModelStreamInfer(
@@ -220,6 +223,36 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._gate.check(_metadata_value(context, "authorization"))
         await self._service.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+
+    # -- system shared memory (behind the model-control gate: see docs/protocols.md) ---------
+
+    async def _shm_gate(self, context: aio.ServicerContext) -> None:
+        shm_gate(self._gate, _metadata_value(context, "authorization"))
+
+    @grpc_errors
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: aio.ServicerContext
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        await self._shm_gate(context)
+        return conv.shm_status_from_types(self._service.shared_memory_status(request.name))
+
+    @grpc_errors
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: aio.ServicerContext
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        await self._shm_gate(context)
+        await self._service.register_shared_memory(request.name, request.key, request.offset,
+                                                   request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @grpc_errors
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: aio.ServicerContext
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        await self._shm_gate(context)
+        await self._service.unregister_shared_memory(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
 
 def _refuse_load_parameters(request: pb.RepositoryModelLoadRequest) -> None:

@@ -25,9 +25,10 @@ from starlette.types import ASGIApp
 from serving import tracing
 from serving.core import datatypes
 from serving.core.service import InferenceService
+from serving.core.shm import ShmScope
 from serving.core.types import InferRequest, InferResponse, Tensor
 from serving.core.validation import DEFAULT_LIMITS, ElementBudget, TensorLimits, check_version
-from serving.errors import InvalidInput, PayloadTooLarge, Unsupported
+from serving.errors import InvalidInput, PayloadTooLarge, Unsupported, shown
 from serving.logs import new_request_id, request_id_var
 from serving.settings import Settings
 from serving.transport import grpc_converters as conv
@@ -37,6 +38,7 @@ from serving.transport.auth import ModelControlGate
 from serving.transport.disconnect import cancel_on_disconnect
 from serving.transport.errors import http_error_payload
 from serving.transport.hot_routes import HotRoutes
+from serving.transport.shared_memory import shm_gate, write_outputs_off_loop
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -162,27 +164,30 @@ class V2Handlers:
         self.service.refuse_if_full(name, version)  # overload: 503 before reading the body
         body = await read_body(request, self.max_request_bytes)
         header_length = header(request, codec.HEADER_LENGTH)
-        with tracing.child_span("decode"):
-            if header_length is not None and header_length.strip() == "0":
-                infer_request = self._raw_binary_request(name, version, body)
-                decoded = codec.DecodedRequest(infer_request, binary_default=True)
-            elif len(body) <= INLINE_DECODE_BYTES:
-                decoded = self._decode(name, version, body, header_length)
-            else:  # parsing is a client-sized amount of work: keep it off the event loop
-                decoded = await asyncio.to_thread(self._decode, name, version, body,
-                                                  header_length)
-        infer_request = decoded.request
-        request_id_var.set(infer_request.id or new_request_id())
-        response = await cancel_on_disconnect(request, self.service.infer(infer_request))
-        with tracing.child_span("encode"):
-            return await self._encode(request, response, decoded)
+        with self.service.shared_memory.scope() as shm:  # regions held until answered
+            with tracing.child_span("decode"):
+                if header_length is not None and header_length.strip() == "0":
+                    infer_request = self._raw_binary_request(name, version, body)
+                    decoded = codec.DecodedRequest(infer_request, binary_default=True)
+                elif len(body) <= INLINE_DECODE_BYTES:
+                    decoded = self._decode(name, version, body, header_length, shm)
+                else:  # parsing is a client-sized amount of work: keep it off the event loop
+                    decoded = await asyncio.to_thread(self._decode, name, version, body,
+                                                      header_length, shm)
+            infer_request = decoded.request
+            request_id_var.set(infer_request.id or new_request_id())
+            response = await cancel_on_disconnect(request, self.service.infer(infer_request))
+            if shm.has_outputs:
+                await write_outputs_off_loop(shm, response)
+            with tracing.child_span("encode"):
+                return await self._encode(request, response, decoded)
 
-    def _decode(self, name: str, version: str, body: bytes,
-                header_length: str | None) -> codec.DecodedRequest:
+    def _decode(self, name: str, version: str, body: bytes, header_length: str | None,
+                shm: ShmScope | None = None) -> codec.DecodedRequest:
         header_bytes, binary = codec.split_body(body, header_length)
         codec.check_json_values(header_bytes, self.limits)
         doc = codec.parse_json_body(header_bytes, "inference request header")
-        return codec.decode_infer_request(name, version, doc, binary, self.limits)
+        return codec.decode_infer_request(name, version, doc, binary, self.limits, shm)
 
     async def _encode(self, request: Request, response: InferResponse,
                       decoded: codec.DecodedRequest) -> Response:
@@ -256,6 +261,45 @@ class V2Handlers:
         await self.service.unload_model(request.path_params["model"])
         return Response(status_code=200)
 
+    # ------------------------------------------------------------------ system shared memory
+    def _shm_gate(self, request: Request) -> None:
+        shm_gate(self.gate, header(request, "authorization"), host=header(request, "host"),
+                 server=request.scope.get("server"))
+
+    async def shm_status(self, request: Request) -> Response:
+        self._shm_gate(request)
+        regions = self.service.shared_memory_status(request.path_params.get("region", ""))
+        return _json([{"name": r.name, "key": r.key, "offset": r.offset,
+                       "byte_size": r.byte_size} for r in regions])
+
+    async def shm_register(self, request: Request) -> Response:
+        self._shm_gate(request)
+        doc = codec.parse_json_body(await read_body(request, self.max_request_bytes),
+                                    "register request")
+        key = doc.get("key")
+        if not isinstance(key, str):
+            raise InvalidInput("a register request needs a string 'key'")
+        offset, byte_size = doc.get("offset", 0), doc.get("byte_size")
+        for field, value in (("offset", offset), ("byte_size", byte_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidInput(f"'{field}' of a register request must be a non-negative "
+                                   f"integer, got {value!r}")
+        assert isinstance(offset, int) and isinstance(byte_size, int)
+        await self.service.register_shared_memory(request.path_params["region"], key, offset,
+                                                  byte_size)
+        return Response(status_code=200)
+
+    async def shm_unregister(self, request: Request) -> Response:
+        self._shm_gate(request)
+        await self.service.unregister_shared_memory(request.path_params.get("region", ""))
+        return Response(status_code=200)
+
+    async def shm_unknown(self, request: Request) -> Response:
+        raise InvalidInput(
+            f"{shown(request.url.path)} is not a system shared memory route: use "
+            "/v2/systemsharedmemory[/region/<name>]/{status,register,unregister} (a region "
+            "name is one path segment)")
+
     async def unsupported(self, request: Request) -> Response:
         raise Unsupported(f"{request.url.path} is not supported by capserve")
 
@@ -304,7 +348,16 @@ def v2_routes(handlers: V2Handlers) -> list[BaseRoute]:
                   methods=["POST"]),
             Route(prefix + "/trace/setting", g(h.unsupported), methods=["GET", "POST"]),
         ]
-    for path in ("/v2/systemsharedmemory{rest:path}", "/v2/cudasharedmemory{rest:path}",
+    shm = "/v2/systemsharedmemory"
+    routes += [
+        Route(shm + "/status", g(h.shm_status), methods=["GET"]),
+        Route(shm + "/region/{region}/status", g(h.shm_status), methods=["GET"]),
+        Route(shm + "/region/{region}/register", g(h.shm_register), methods=["POST"]),
+        Route(shm + "/unregister", g(h.shm_unregister), methods=["POST"]),
+        Route(shm + "/region/{region}/unregister", g(h.shm_unregister), methods=["POST"]),
+        Route(shm + "{rest:path}", g(h.shm_unknown), methods=["GET", "POST"]),
+    ]
+    for path in ("/v2/cudasharedmemory{rest:path}",
                  "/v2/logging", "/v2/trace/setting"):
         routes.append(Route(path, g(h.unsupported), methods=["GET", "POST"]))
     return routes

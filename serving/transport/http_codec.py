@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from serving.core import datatypes
+from serving.core.shm import SHM_PARAMETERS, ShmScope, in_region
 from serving.core.types import InferRequest, InferResponse, ParamValue, RequestedOutput, Tensor
 from serving.core.validation import DEFAULT_LIMITS, ElementBudget, TensorLimits
 from serving.errors import InvalidInput, PayloadTooLarge, ResponseTooLarge
@@ -203,13 +204,31 @@ def _array_from_binary(chunk: memoryview, datatype: str, shape: tuple[int, ...],
     return datatypes.array_from_raw(chunk, datatype, shape, name)
 
 
+def _shared_input(shm: ShmScope | None, name: str, datatype: str, shape: tuple[int, ...],
+                  params: dict[str, ParamValue]) -> np.ndarray | None:
+    if shm is None:
+        if any(k in params for k in SHM_PARAMETERS):
+            raise InvalidInput(f"input '{name}': shared memory is not available on this route")
+        return None
+    return shm.input_array(name, datatype, shape, params)
+
+
+def _shared_output(shm: ShmScope | None, name: str, params: dict[str, ParamValue]) -> bool:
+    if shm is None:
+        if any(k in params for k in SHM_PARAMETERS):
+            raise InvalidInput(f"output '{name}': shared memory is not available on this route")
+        return False
+    return shm.take_output(name, params)
+
+
 def decode_infer_request(
     model_name: str, model_version: str, header: dict[str, Any], binary: memoryview | bytes,
-    limits: TensorLimits = DEFAULT_LIMITS,
+    limits: TensorLimits = DEFAULT_LIMITS, shm: ShmScope | None = None,
 ) -> DecodedRequest:
     """Build the neutral request from the JSON header and the binary section that follows it.
 
     Each input's datatype and shape are checked against ``limits`` before its data is read.
+    Inputs and outputs that name a shared-memory region are read from / noted in ``shm``.
     """
     budget = ElementBudget(limits)
     inputs_doc = header.get("inputs")
@@ -229,8 +248,13 @@ def decode_infer_request(
         datatypes.triton_to_numpy(datatype)  # an unknown datatype fails before anything else
         count = budget.take(name, datatype, shape)
         params = _parameters(item, f"input '{name}'")
+        shared = _shared_input(shm, name, datatype, shape, params)
         size = params.pop(_BINARY_SIZE, None)
-        if size is not None:
+        if shared is not None:
+            if size is not None or "data" in item:
+                raise InvalidInput(f"input '{name}' has both a shared memory region and data")
+            data = shared
+        elif size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
             if "data" in item:
@@ -267,6 +291,8 @@ def decode_infer_request(
         params = _parameters(item, f"output '{name}'")
         if _BINARY in params:
             binary_outputs[name] = bool(params.pop(_BINARY))
+        if _shared_output(shm, name, params):
+            binary_outputs[name] = False
         class_count = params.pop(_CLASSIFICATION, 0)
         if not isinstance(class_count, int) or isinstance(class_count, bool) or class_count < 0:
             raise InvalidInput(f"output '{name}': 'classification' must be a non-negative integer")
@@ -347,7 +373,9 @@ def encode_infer_response(
             "name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape),
         }
         params: dict[str, Any] = dict(tensor.parameters)
-        if binary_outputs.get(tensor.name, binary_default):
+        if in_region(tensor.parameters):  # written into the client's region: no data here
+            outputs.append((doc, params, None))
+        elif binary_outputs.get(tensor.name, binary_default):
             raw = datatypes.array_to_raw(tensor.data, tensor.datatype)
             params[_BINARY_SIZE] = len(raw)
             chunks.append(raw)
@@ -410,6 +438,8 @@ def response_cost(
     floor = typical = 0
     for tensor in response.outputs:
         count = int(tensor.data.size)
+        if in_region(tensor.parameters):
+            continue
         if binary_outputs.get(tensor.name, binary_default):
             size = datatypes.element_size(tensor.datatype)
             per = size if size else 4  # a BYTES element is at least its length prefix

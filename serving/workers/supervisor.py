@@ -47,7 +47,7 @@ from serving.backends.devices import cuda_device_count
 from serving.core.gpu import GpuCollector
 from serving.core.host_metrics import HostCollector
 from serving.core.metrics import plain_numbers
-from serving.errors import InvalidInput
+from serving.errors import AlreadyExists, InvalidInput, shown
 from serving.settings import Settings
 from serving.signals import stop_on_signals
 from serving.transport.http_listener import HttpListener, reuse_port_socket
@@ -339,10 +339,14 @@ class Supervisor:
 
     async def _control(self, op: str, params: dict[str, Any]) -> None:
         async with self._control_lock:
+            if op == "shm_register" and any(  # the same answer whichever worker was asked
+                    e["op"] == op and e["params"]["name"] == params["name"] for e in self._oplog):
+                raise AlreadyExists(f"shared memory region '{shown(str(params['name']))}' "
+                                    "already in manager")
             targets = [s for s in self.slots if s.admitted and s.channel is not None]
             failure = await self._fan_out(targets, op, params)
             if failure is None:
-                self._oplog.append({"op": op, "params": params})
+                self._log(op, params)
                 return
             # All end the same: a load one worker refused is unloaded everywhere; a scale one
             # refused goes back to the instance count the others had.
@@ -350,11 +354,23 @@ class Supervisor:
                 undo = ("unload", {"name": params["name"]})
             elif op == "scale":
                 undo = ("scale", {**params, "instances": params["previous"]})
+            elif op == "shm_register":  # the name was free everywhere (checked above)
+                undo = ("shm_unregister", {"name": params["name"]})
             else:
                 raise failure
             await self._fan_out(targets, *undo)
-            self._oplog.append({"op": undo[0], "params": undo[1]})
+            self._log(*undo)
             raise failure
+
+    def _log(self, op: str, params: dict[str, Any]) -> None:
+        """Keep ``op`` for replacements. An unregistration is kept as the absence of the
+        registrations it ends, so registering and unregistering does not grow the log."""
+        if op != "shm_unregister":
+            self._oplog.append({"op": op, "params": params})
+            return
+        name = params["name"]
+        self._oplog = [e for e in self._oplog if e["op"] != "shm_register"
+                       or (name and e["params"]["name"] != name)]
 
     async def _fan_out(self, targets: list[WorkerSlot], op: str,
                        params: dict[str, Any]) -> Exception | None:

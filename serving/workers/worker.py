@@ -4,8 +4,9 @@ A worker is a whole server (its own batchers and backends) whose HTTP, gRPC and 
 listeners share their ports with the other workers (``SO_REUSEPORT``). What must look the same
 whichever worker answers goes through the supervisor:
 
-- model control (load, unload, scale, default version) is sent to the supervisor, which applies
-  it on every worker before the client gets its answer;
+- model control (load, unload, scale, default version) and system shared-memory registration
+  are sent to the supervisor, which applies them on every worker before the client gets its
+  answer;
 - statistics add up over the workers;
 - readiness is this worker's own and the supervisor's "every worker is ready".
 
@@ -30,7 +31,7 @@ from serving.backends.base import set_core_budget
 from serving.core.describe import ModelDescription
 from serving.core.service import InferenceService
 from serving.core.stats import ModelStats, merge_stats, stats_from_dict, stats_to_dict
-from serving.errors import InvalidInput, ServerNotReady
+from serving.errors import InvalidInput, ServerNotReady, ServingError
 from serving.settings import Settings
 from serving.signals import stop_on_signals
 from serving.workers import BIND_FIRST_ENV, SETTINGS_ENV, SOCKET_ENV
@@ -101,6 +102,16 @@ class WorkerService(InferenceService):
         self._repo.resolve(name, version)  # refuse an unknown version here, before the fan-out
         await self._control("set_default", name=name, version=version)
 
+    async def register_shared_memory(self, name: str, key: str, offset: int,
+                                     byte_size: int) -> None:
+        # This worker's checks first: a bad key or slice is refused before any fan-out.
+        self.shared_memory.check_register(name, key, offset, byte_size)
+        await self._control("shm_register", name=name, key=key, offset=offset,
+                            byte_size=byte_size)
+
+    async def unregister_shared_memory(self, name: str = "") -> None:
+        await self._control("shm_unregister", name=name)
+
     async def _control(self, op: str, **params: Any) -> None:
         if self._link is None or self._link.closed:
             raise ServerNotReady("Server is not ready: model control waits for every worker "
@@ -121,6 +132,11 @@ class WorkerService(InferenceService):
                                                int(params["instances"]))
         elif op == "set_default":
             InferenceService.set_default_version(self, name, str(params["version"]))
+        elif op == "shm_register":
+            self.shared_memory.register(name, str(params["key"]), int(params["offset"]),
+                                        int(params["byte_size"]))
+        elif op == "shm_unregister":
+            self.shared_memory.unregister(name)
         else:
             raise InvalidInput(f"unknown control operation '{op}'")
 
@@ -176,7 +192,15 @@ async def _handle(server: Server, service: WorkerService, method: str,
         return None
     if method == "replay":  # a replacement catches up with the others, then opens its ports
         for entry in params["ops"]:
-            await service.apply(str(entry["op"]), dict(entry["params"]))
+            try:
+                await service.apply(str(entry["op"]), dict(entry["params"]))
+            except ServingError as exc:
+                if not str(entry["op"]).startswith("shm_"):
+                    raise
+                # The client removed the object since it registered it: the other workers
+                # still map it, this one cannot; its requests get "Unable to find".
+                logger.error("shared memory region '%s' cannot be registered on this worker: "
+                             "%s", entry["params"].get("name"), exc)
         await _open(server)
         return service.locally_ready()
     if method == "cluster_ready":

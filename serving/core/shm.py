@@ -1,0 +1,357 @@
+"""Triton's system shared-memory extension: registered POSIX shared-memory regions.
+
+A client creates a POSIX shared-memory object (``/dev/shm/<key>``), registers a slice of it
+under a name, and then names the region, an offset and a byte size in the parameters of an
+input (read from the region, no copy of the bytes) or of a requested output (written into the
+region; the answer carries no data for it).
+
+Every bound is checked here: a key must name a regular file directly under ``/dev/shm``
+(opened without following links), a registered slice must lie inside the object, a tensor's
+slice inside its region, and its size must match the tensor. The object's size is checked again
+on every use, since a client can shrink it (touching a page past its end would kill the server
+with SIGBUS).
+
+A region is reference-counted: unregistering takes its name away at once (new requests get
+"Unable to find", the name can be registered again), while the mapping stays open until the
+requests that already hold it have finished, so their views never dangle.
+
+Pure core: no wire imports; the transports parse parameters and call :class:`ShmScope`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import re
+import stat
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.core import datatypes
+from serving.core.types import InferResponse, ParamValue
+from serving.errors import AlreadyExists, InvalidInput, ModelNotFound, ServingError, shown
+
+SHM_ROOT = "/dev/shm"
+REGION = "shared_memory_region"
+OFFSET = "shared_memory_offset"
+BYTE_SIZE = "shared_memory_byte_size"
+SHM_PARAMETERS = (REGION, OFFSET, BYTE_SIZE)
+
+DEFAULT_MAX_REGIONS = 256  # each region holds a file descriptor and a mapping
+MAX_NAME_CHARS = 256
+# POSIX shm keys: one path component under /dev/shm, optionally written with a leading "/".
+_KEY = re.compile(r"/?[A-Za-z0-9._@:+=-]{1,250}")
+
+
+class RegionNotFound(ModelNotFound):
+    """A region name that is not registered (Triton answers NOT_FOUND)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegionStatus:
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+
+
+class _Region:
+    """One registered slice ``[offset, offset + byte_size)`` of a mapped shm object."""
+
+    def __init__(self, status: RegionStatus, fd: int, mapping: mmap.mmap) -> None:
+        self.status = status
+        self._fd = fd
+        self._map = mapping
+        self.users = 0  # requests holding it (guarded by the registry's lock)
+        self.retired = False  # unregistered; closes when the last user lets go
+
+    def check_object(self) -> None:
+        """The object still covers the registered slice (a client may have shrunk it)."""
+        end = self.status.offset + self.status.byte_size
+        size = os.fstat(self._fd).st_size
+        if size < end:
+            raise InvalidInput(
+                f"shared memory region '{shown(self.status.name)}' shrank: its object "
+                f"'{shown(self.status.key)}' is {size} bytes, the region needs {end}")
+
+    def view(self, offset: int, byte_size: int, what: str) -> memoryview:
+        """``byte_size`` bytes at ``offset`` into the region, as a view of the mapping."""
+        if offset < 0 or byte_size < 0 or offset + byte_size > self.status.byte_size:
+            raise InvalidInput(
+                f"Invalid offset + byte size for shared memory region: "
+                f"'{shown(self.status.name)}' ({what}: offset {offset} + byte size "
+                f"{byte_size} is past the region's {self.status.byte_size} bytes)")
+        start = self.status.offset + offset
+        return memoryview(self._map)[start:start + byte_size]
+
+    def close(self) -> None:
+        # A view made from it may still be alive somewhere (an array a backend kept): then
+        # the mapping goes when that view does, never under it.
+        with contextlib.suppress(BufferError):
+            self._map.close()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def _open_object(key: str) -> int:
+    """A read-write descriptor of the shm object ``key``; refuses anything else."""
+    if not isinstance(key, str) or not _KEY.fullmatch(key) or key.lstrip("/") in (".", ".."):
+        raise InvalidInput(f"Unable to open shared memory region: '{shown(str(key))}' "
+                           "(not a POSIX shared-memory key)")
+    path = os.path.join(SHM_ROOT, key.lstrip("/"))
+    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO must not block
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        why = "no such object" if exc.errno == errno.ENOENT else os.strerror(exc.errno or 0)
+        raise InvalidInput(f"Unable to open shared memory region: '{shown(key)}' ({why})") \
+            from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidInput(f"Unable to open shared memory region: '{shown(key)}' "
+                           "(not a shared-memory object)")
+    return fd
+
+
+def _check_slice(name: str, key: str, offset: int, byte_size: int, object_size: int) -> None:
+    if offset < 0 or byte_size <= 0:
+        raise InvalidInput(
+            f"failed to register shared memory region '{shown(name)}': offset must be >= 0 "
+            f"and byte_size > 0, got offset {offset}, byte_size {byte_size}")
+    if offset + byte_size > object_size:
+        raise InvalidInput(
+            f"failed to register shared memory region '{shown(name)}': offset {offset} + "
+            f"byte_size {byte_size} exceeds the {object_size} bytes of shared memory "
+            f"object '{shown(key)}'")
+
+
+class SharedMemoryRegistry:
+    """The registered regions of one process; safe to call from decode threads too."""
+
+    def __init__(self, max_regions: int = DEFAULT_MAX_REGIONS) -> None:
+        self._max = max_regions
+        self._regions: dict[str, _Region] = {}
+        self._lock = threading.Lock()
+
+    def check_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        """Every check :meth:`register` makes, registering nothing (a worker runs them before
+        asking every worker to register)."""
+        self._check_name(name)
+        fd = _open_object(key)
+        try:
+            _check_slice(name, key, offset, byte_size, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self._check_name(name)
+        fd = _open_object(key)
+        try:
+            _check_slice(name, key, offset, byte_size, os.fstat(fd).st_size)
+            mapping = mmap.mmap(fd, offset + byte_size, mmap.MAP_SHARED,
+                                mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        region = _Region(RegionStatus(name, key, offset, byte_size), fd, mapping)
+        with self._lock:
+            problem = self._refusal(name)
+            if problem is None:
+                self._regions[name] = region
+        if problem is not None:
+            region.close()
+            raise problem
+
+    def _check_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
+            raise InvalidInput(f"a shared memory region name must be 1 to {MAX_NAME_CHARS} "
+                               f"characters, got {len(name) if isinstance(name, str) else name!r}")
+        with self._lock:
+            problem = self._refusal(name)
+        if problem is not None:
+            raise problem
+
+    def _refusal(self, name: str) -> ServingError | None:
+        if name in self._regions:
+            return AlreadyExists(f"shared memory region '{shown(name)}' already in manager")
+        if len(self._regions) >= self._max:
+            return InvalidInput(f"{len(self._regions)} shared memory regions are registered, "
+                                f"the most this server keeps; unregister some first")
+        return None
+
+    def unregister(self, name: str = "") -> None:
+        """Unregister ``name`` ("" = every region). An unknown name is not an error (Triton)."""
+        with self._lock:
+            names = list(self._regions) if not name else [name] if name in self._regions else []
+            closing = []
+            for n in names:
+                region = self._regions.pop(n)
+                region.retired = True
+                if region.users == 0:
+                    closing.append(region)
+        for region in closing:
+            region.close()
+
+    def status(self, name: str = "") -> list[RegionStatus]:
+        with self._lock:
+            if not name:
+                return [r.status for r in self._regions.values()]
+            region = self._regions.get(name)
+        if region is None:
+            raise RegionNotFound(f"Unable to find system shared memory region: '{shown(name)}'")
+        return [region.status]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._regions)
+
+    def acquire(self, name: str) -> _Region:
+        with self._lock:
+            region = self._regions.get(name)
+            if region is not None:
+                region.users += 1
+        if region is None:
+            raise RegionNotFound(f"Unable to find shared memory region: '{shown(name)}'")
+        try:
+            region.check_object()
+        except BaseException:
+            self.release(region)
+            raise
+        return region
+
+    def release(self, region: _Region) -> None:
+        with self._lock:
+            region.users -= 1
+            close = region.retired and region.users == 0
+        if close:
+            region.close()
+
+    def scope(self) -> ShmScope:
+        return ShmScope(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ShmRef:
+    region: str
+    offset: int
+    byte_size: int
+
+
+def _int(value: ParamValue, key: str, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(f"{where}: '{key}' must be a non-negative integer, got {value!r}")
+    return value
+
+
+def take_ref(params: dict[str, ParamValue], where: str) -> ShmRef | None:
+    """Remove the shared-memory parameters from ``params``; the reference they make, if any."""
+    if not any(k in params for k in SHM_PARAMETERS):
+        return None
+    region = params.pop(REGION, None)
+    size = params.pop(BYTE_SIZE, None)
+    offset = params.pop(OFFSET, 0)
+    if region is None or size is None:
+        raise InvalidInput(f"{where}: '{REGION}' and '{BYTE_SIZE}' must be given together")
+    if not isinstance(region, str) or not region:
+        raise InvalidInput(f"{where}: '{REGION}' must be a non-empty string")
+    return ShmRef(region, _int(offset, OFFSET, where), _int(size, BYTE_SIZE, where))
+
+
+class ShmScope:
+    """The regions one request uses, held from decoding until its answer is written.
+
+    Use as a context manager (or call :meth:`release`) so the regions are let go whatever
+    happens to the request."""
+
+    def __init__(self, registry: SharedMemoryRegistry) -> None:
+        self._registry = registry
+        self._held: dict[str, _Region] = {}
+        self._outputs: dict[str, tuple[_Region, ShmRef]] = {}
+
+    def __enter__(self) -> ShmScope:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def _region(self, name: str) -> _Region:
+        region = self._held.get(name)
+        if region is None:
+            region = self._held[name] = self._registry.acquire(name)
+        return region
+
+    def input_array(self, name: str, datatype: str, shape: tuple[int, ...],
+                    params: dict[str, ParamValue]) -> np.ndarray | None:
+        """The input's array read from its region (a view, no copy, for fixed-size types),
+        or None when the input names no region. Removes the parameters from ``params``."""
+        ref = take_ref(params, f"input '{shown(name)}'")
+        if ref is None:
+            return None
+        view = self._region(ref.region).view(ref.offset, ref.byte_size, f"input '{shown(name)}'")
+        if datatype != "BYTES":
+            expected = datatypes.element_size(datatype) * int(np.prod(shape, dtype=np.int64))
+            if ref.byte_size != expected:
+                raise InvalidInput(
+                    f"input '{shown(name)}': shared_memory_byte_size {ref.byte_size} does not "
+                    f"match the tensor: shape {list(shape)} {datatype} is {expected} bytes")
+        return datatypes.array_from_raw(view, datatype, shape, name)
+
+    def take_output(self, name: str, params: dict[str, ParamValue]) -> bool:
+        """Note a requested output that goes into a region (checked and held now, before the
+        model runs); False when it names none. Removes the parameters from ``params``."""
+        ref = take_ref(params, f"output '{shown(name)}'")
+        if ref is None:
+            return False
+        region = self._region(ref.region)
+        region.view(ref.offset, ref.byte_size, f"output '{shown(name)}'")  # bounds now
+        self._outputs[name] = (region, ref)
+        return True
+
+    @property
+    def has_outputs(self) -> bool:
+        return bool(self._outputs)
+
+    def output_bytes(self) -> int:
+        return sum(ref.byte_size for _, ref in self._outputs.values())
+
+    def write_outputs(self, response: InferResponse) -> None:
+        """Copy each output bound for a region into it (one copy) and leave the tensor with
+        the shared-memory parameters, which tell the encoders to send no data for it."""
+        for tensor in response.outputs:
+            target = self._outputs.get(tensor.name)
+            if target is None:
+                continue
+            region, ref = target
+            where = f"output '{shown(tensor.name)}'"
+            if tensor.datatype == "BYTES":
+                src = np.frombuffer(datatypes.array_to_raw(tensor.data, "BYTES"), np.uint8)
+            else:
+                dtype = datatypes.triton_to_numpy(tensor.datatype).newbyteorder("<")
+                src = np.ascontiguousarray(tensor.data, dtype=dtype).reshape(-1).view(np.uint8)
+            if src.size > ref.byte_size:
+                raise InvalidInput(
+                    f"shared memory size specified with the request for {where} "
+                    f"({ref.byte_size} bytes) should be at least {src.size} bytes to hold "
+                    "the results")
+            region.check_object()
+            dst = np.frombuffer(region.view(ref.offset, src.size, where), np.uint8)
+            dst[:] = src
+            tensor.parameters = {**tensor.parameters, REGION: ref.region,
+                                 BYTE_SIZE: int(src.size)}
+            if ref.offset:
+                tensor.parameters[OFFSET] = ref.offset
+
+    def release(self) -> None:
+        held, self._held, self._outputs = self._held, {}, {}
+        for region in held.values():
+            self._registry.release(region)
+
+
+def in_region(parameters: dict[str, ParamValue]) -> bool:
+    """True for a response tensor written into a region (it is sent without data)."""
+    return REGION in parameters
