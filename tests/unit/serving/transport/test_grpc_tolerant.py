@@ -12,6 +12,7 @@ import grpc
 import pytest
 from grpc import aio
 
+from serving.core.shm import SharedMemoryRegistry
 from serving.core.types import InferRequest, InferResponse
 from serving.generated import grpc_service_pb2 as pb
 from serving.generated import torchserve_inference_pb2_grpc as ts_grpc
@@ -36,6 +37,8 @@ class AnsweringService:
     @contextlib.contextmanager
     def admission(self) -> Iterator[None]:
         yield
+
+    shared_memory = SharedMemoryRegistry()  # none registered: requests carry their data
 
     def refuse_if_full(self, name: str, version: str = "") -> None:
         """Never full."""

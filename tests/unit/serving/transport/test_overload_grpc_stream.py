@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from serving.core.shm import SharedMemoryRegistry
 from serving.core.types import InferRequest, InferResponse
 from serving.generated import grpc_service_pb2 as pb
 from serving.transport.auth import ModelControlGate
@@ -25,6 +26,8 @@ class HeldService:
     @contextlib.contextmanager
     def admission(self) -> Iterator[None]:
         yield
+
+    shared_memory = SharedMemoryRegistry()  # none registered: requests carry their data
 
     def refuse_if_full(self, name: str, version: str = "") -> None:
         """Never full."""
