@@ -209,10 +209,10 @@ def infer_response_from_types(resp: InferResponse) -> pb.ModelInferResponse:
     params_from_types(msg.parameters, resp.parameters)
     for tensor in resp.outputs:
         out = msg.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        params_from_types(out.parameters, tensor.parameters)
         if in_region(tensor.parameters):  # in the client's region; the empty entry keeps
             msg.raw_output_contents.append(b"")  # every later output at its own index
         else:
+            params_from_types(out.parameters, tensor.parameters)
             msg.raw_output_contents.append(datatypes.array_to_raw(tensor.data, tensor.datatype))
     return msg
 

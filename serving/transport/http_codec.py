@@ -373,8 +373,10 @@ def encode_infer_response(
             "name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape),
         }
         params: dict[str, Any] = dict(tensor.parameters)
-        if in_region(tensor.parameters):  # written into the client's region: no data here
-            outputs.append((doc, params, None))
+        if in_region(tensor.parameters):
+            # Written into the client's region: no data and, as Triton answers, no parameters
+            # (Triton's C++ client reads binary_data_size from any output that has them).
+            outputs.append((doc, {}, None))
         elif binary_outputs.get(tensor.name, binary_default):
             raw = datatypes.array_to_raw(tensor.data, tensor.datatype)
             params[_BINARY_SIZE] = len(raw)

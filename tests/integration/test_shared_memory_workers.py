@@ -1,0 +1,157 @@
+"""System shared memory with ``--workers 2``, and perf_analyzer ``--shared-memory system``.
+
+A region registered over one connection is seen by both workers: requests on new connections
+reach both (the ``capserve-worker`` header says which) and each reads its input from the region
+and writes lenet's logits into the output region, equal to ONNX Runtime's; unregistered over
+another connection, it is gone on both. perf_analyzer registers its own regions, runs, and
+unregisters them over gRPC and HTTP.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
+
+from tests.helpers.server import ServerProcess, start_server
+from tests.integration.conftest import API_TOKEN
+from tests.integration.test_perf_analyzer import perf_analyzer  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BATCH = 8
+AUTH = {"authorization": f"Bearer {API_TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    built = ROOT / "model_store" / "lenet"
+    source = built if (built / "1" / "model.onnx").exists() else \
+        request.getfixturevalue("default_store") / "lenet"
+    out = tmp_path_factory.mktemp("shm-store") / "model_store"
+    out.mkdir()
+    shutil.copytree(source, out / "lenet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def two(store: Path, token_file: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_server(store, tmp_path_factory.mktemp("shm-workers-logs"), extra_args=[
+        "--workers", "2", "--enable-model-control", "--api-token-file", str(token_file)])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _infer_new_connection(server: ServerProcess, region_in: str, region_out: str,
+                          size_in: int, size_out: int) -> httpx.Response:
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [BATCH, 1, 28, 28],
+                        "parameters": {"shared_memory_region": region_in,
+                                       "shared_memory_byte_size": size_in}}],
+            "outputs": [{"name": "logits",
+                         "parameters": {"shared_memory_region": region_out,
+                                        "shared_memory_byte_size": size_out}}]}
+    with httpx.Client(timeout=30) as c:
+        return c.post(server.base + "/v2/models/lenet/infer", json=body)
+
+
+def test_registrations_reach_every_worker(two: ServerProcess, store: Path) -> None:
+    x = np.random.default_rng(7).random((BATCH, 1, 28, 28), dtype=np.float32)
+    (want,) = ort.InferenceSession(str(store / "lenet" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    tag = uuid.uuid4().hex[:10]
+    handles = [shm.create_shared_memory_region(f"in_{tag}", f"/cs_in_{tag}", x.nbytes),
+               shm.create_shared_memory_region(f"out_{tag}", f"/cs_out_{tag}", want.nbytes)]
+    try:
+        shm.set_shared_memory_region(handles[0], [x])
+        grpc_client = grpcclient.InferenceServerClient(two.grpc_url)
+        grpc_client.register_system_shared_memory(f"in_{tag}", f"/cs_in_{tag}", x.nbytes,
+                                                   headers=AUTH)
+        grpc_client.register_system_shared_memory(f"out_{tag}", f"/cs_out_{tag}", want.nbytes,
+                                                   headers=AUTH)
+        status = grpc_client.get_system_shared_memory_status(headers=AUTH, as_json=True)
+        assert set(status["regions"]) == {f"in_{tag}", f"out_{tag}"}
+        seen = set()
+        for _ in range(40):
+            shm.set_shared_memory_region(handles[1], [np.zeros_like(want)])
+            r = _infer_new_connection(two, f"in_{tag}", f"out_{tag}", x.nbytes, want.nbytes)
+            assert r.status_code == 200, r.text
+            assert "data" not in r.json()["outputs"][0]
+            got = shm.get_contents_as_numpy(handles[1], np.float32, list(want.shape))
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+            seen.add(r.headers["capserve-worker"])
+            if len(seen) == 2:
+                break
+        assert seen == {"0", "1"}
+        # Unregistered over HTTP: gone on both workers.
+        httpclient.InferenceServerClient(two.http_url).unregister_system_shared_memory(
+            headers=AUTH)
+        seen = set()
+        for _ in range(40):
+            r = _infer_new_connection(two, f"in_{tag}", f"out_{tag}", x.nbytes, want.nbytes)
+            assert r.status_code == 404, r.text
+            assert "Unable to find shared memory region" in r.json()["error"]
+            seen.add(r.headers["capserve-worker"])
+            if len(seen) == 2:
+                break
+        assert seen == {"0", "1"}
+        grpc_client.close()
+    finally:
+        for handle in handles:
+            shm.destroy_shared_memory_region(handle)
+
+
+def test_duplicate_name_over_another_worker_is_already_exists(two: ServerProcess) -> None:
+    tag = uuid.uuid4().hex[:10]
+    handle = shm.create_shared_memory_region(f"d_{tag}", f"/cs_d_{tag}", 64)
+    try:
+        first = grpcclient.InferenceServerClient(two.grpc_url)
+        first.register_system_shared_memory(f"d_{tag}", f"/cs_d_{tag}", 64, headers=AUTH)
+        codes = set()
+        for _ in range(6):  # new connections: whichever worker answers, the same error
+            with httpx.Client(timeout=10) as c:
+                r = c.post(f"{two.base}/v2/systemsharedmemory/region/d_{tag}/register",
+                           json={"key": f"/cs_d_{tag}", "offset": 0, "byte_size": 64},
+                           headers=AUTH)
+            codes.add((r.status_code, "already in manager" in r.json()["error"]))
+        assert codes == {(409, True)}
+        first.unregister_system_shared_memory(f"d_{tag}", headers=AUTH)
+        status = first.get_system_shared_memory_status(headers=AUTH, as_json=True)
+        assert status.get("regions", {}) == {}
+        first.close()
+    finally:
+        shm.destroy_shared_memory_region(handle)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_perf_analyzer_shared_memory_system(
+    perf_analyzer: tuple[Path, dict[str, str]], two: ServerProcess, protocol: str,  # noqa: F811
+) -> None:
+    binary, env = perf_analyzer
+    url = two.grpc_url if protocol == "grpc" else two.http_url
+    cmd = [str(binary), "-m", "lenet", "-u", url, "-i", protocol, "-b", "4",
+           "--shared-memory", "system", "--output-shared-memory-size", "4096",
+           "--concurrency-range", "2", "--measurement-interval", "1000",
+           "--stability-percentage", "1000", "--max-trials", "4",
+           "-H", f"authorization:Bearer {API_TOKEN}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Concurrency: 2, throughput:" in out, out
+    # perf_analyzer unregistered what it registered.
+    status = httpclient.InferenceServerClient(two.http_url).get_system_shared_memory_status(
+        headers=AUTH)
+    assert status == [], status
