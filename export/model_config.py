@@ -15,13 +15,11 @@ DEFAULT_MAX_BATCH = 32
 LARGE_MODEL_MAX_BATCH = 16
 LARGE_MODEL_BYTES = 10 * 1024 * 1024
 DEFAULT_QUEUE_DELAY_US = 2000
-# A bounded queue with a timeout, so an overloaded model refuses fast instead of growing: a few
-# full batches per instance, and requests that waited 30 s are answered with a timeout.
+# Requests that waited 30 s in the queue are answered with a timeout. The queue bound is left
+# to the server's automatic one, which counts batch items (a few full batches per instance); a
+# max_queue_size written here would count requests, as Triton does, and let a stream of
+# full-batch requests queue minutes of work.
 QUEUE_TIMEOUT_US = 30_000_000
-
-
-def default_queue_size(max_batch_size: int, instances: int) -> int:
-    return min(1024, max(64, 4 * max(1, max_batch_size) * max(1, instances)))
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,6 @@ def build_config(name: str, fmt: str, spec: ModelSpec, sched: Scheduling) -> mc.
     cfg.output.extend(_output(t) for t in spec.outputs)
     cfg.dynamic_batching.max_queue_delay_microseconds = sched.max_queue_delay_us
     policy = cfg.dynamic_batching.default_queue_policy
-    policy.max_queue_size = default_queue_size(sched.max_batch_size, sched.instance_count)
     policy.default_timeout_microseconds = QUEUE_TIMEOUT_US
     policy.allow_timeout_override = True
     cfg.instance_group.add(count=sched.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)

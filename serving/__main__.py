@@ -177,11 +177,9 @@ def _run(settings: Any) -> int:
         configure_logging(settings.log_format, settings.log_level, "supervisor")
         return run_supervisor(settings, workers)
     configure_logging(settings.log_format, settings.log_level)
-    try:
-        import uvloop
-    except ImportError:  # uvloop is optional: plain asyncio works, a little slower
-        return asyncio.run(_serve(settings))
-    return uvloop.run(_serve(settings))
+    from serving.signals import run_and_exit
+
+    run_and_exit(lambda: _serve(settings))
 
 
 if __name__ == "__main__":

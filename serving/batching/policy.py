@@ -18,7 +18,7 @@ class QueuePolicy:
     max_queue_size: int = 0  # 0 = unbounded
     default_timeout_us: int = 0  # 0 = no timeout
     allow_timeout_override: bool = False
-    # capserve's automatic bound counts queued batch items, not requests: "4 batches of work"
+    # capserve's automatic bound counts queued batch items, not requests: "8 batches of work"
     # whatever batch size the requests carry. 0 = none (a config's max_queue_size counts
     # requests, as Triton's does).
     max_queue_items: int = 0
@@ -78,7 +78,9 @@ class QueueDefaults:
     """
 
     max_queue_size: int = 0
-    slots_per_batch: int = 4
+    # Eight full batches per instance: eight clients each sending full batches (perf_analyzer
+    # -b 32 --concurrency-range 8) are never refused; still under a second of work for capsnet.
+    slots_per_batch: int = 8
     min_queue_size: int = 64
     max_queue_size_cap: int = 1024
     timeout_us: int = 30_000_000  # 0 = no default timeout

@@ -33,7 +33,7 @@ from serving.core.service import InferenceService
 from serving.core.stats import ModelStats, merge_stats, stats_from_dict, stats_to_dict
 from serving.errors import InvalidInput, ServerNotReady, ServingError
 from serving.settings import Settings
-from serving.signals import stop_on_signals
+from serving.signals import run_and_exit, stop_on_signals
 from serving.workers import BIND_FIRST_ENV, SETTINGS_ENV, SOCKET_ENV
 from serving.workers.channel import Channel, ChannelClosed, open_channel
 
@@ -286,11 +286,7 @@ def main() -> int:
     settings = Settings(**json.loads(os.environ[SETTINGS_ENV]))
     configure_logging(settings.log_format, settings.log_level, f"worker {settings.worker_id}")
     bind_first = os.environ.get(BIND_FIRST_ENV) == "1"
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(run(settings, os.environ[SOCKET_ENV], bind_first))
-    return uvloop.run(run(settings, os.environ[SOCKET_ENV], bind_first))
+    run_and_exit(lambda: run(settings, os.environ[SOCKET_ENV], bind_first))
 
 
 if __name__ == "__main__":

@@ -46,9 +46,9 @@ def test_config_pbtxt_parses_back_into_the_same_message(full_store: tuple[Path, 
     assert parsed.input[0].format == mc.ModelInput.FORMAT_NCHW
     assert parsed.output[0].name == "logits" and parsed.output[0].label_filename == "labels.txt"
     assert parsed.dynamic_batching.max_queue_delay_microseconds == 2000
-    # A bounded queue with a timeout: 4 batches of 32 for one instance, 30 s.
+    # A queue timeout of 30 s; the bound is the server's automatic one (counted in items).
     policy = parsed.dynamic_batching.default_queue_policy
-    assert policy.max_queue_size == 128 and policy.default_timeout_microseconds == 30_000_000
+    assert policy.max_queue_size == 0 and policy.default_timeout_microseconds == 30_000_000
     assert policy.allow_timeout_override
     assert parsed.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     params = {k: v.string_value for k, v in parsed.parameters.items()}

@@ -1,4 +1,4 @@
-"""The automatic queue bound counts batch items: "4 batches of work" holds whatever batch size
+"""The automatic queue bound counts batch items: "8 batches of work" holds whatever batch size
 requests carry (counted in requests, full-batch requests queued 32 times that: at 10x overload
 accepted requests waited ~25 s, past their clients' patience)."""
 
@@ -13,7 +13,7 @@ from serving.batching.policy import QueueDefaults
 from serving.errors import QueueFull
 from tests.unit.serving.batching.test_batcher import Model, busy, req, run, settle
 
-# 4 slots x max_batch_size 4 x 1 instance = 16 queued items.
+# 8 slots x max_batch_size 4 x 1 instance = 32 queued items.
 AUTOMATIC = QueueDefaults(min_queue_size=1).fill(QueuePolicy(), 4, 1)
 
 
@@ -23,8 +23,8 @@ def _batcher(queue: QueuePolicy) -> tuple[DynamicBatcher, Model]:
     return DynamicBatcher([model], policy, clock=FakeClock()), model
 
 
-@pytest.mark.parametrize(("batch", "fit"), [(4, 4), (1, 16), (3, 5)])
-def test_the_automatic_bound_holds_four_batches_of_items(batch: int, fit: int) -> None:
+@pytest.mark.parametrize(("batch", "fit"), [(4, 8), (1, 32), (3, 10)])
+def test_the_automatic_bound_holds_eight_batches_of_items(batch: int, fit: int) -> None:
     async def body() -> None:
         b, model = _batcher(AUTOMATIC)
         first, gate = await busy(b, model)
@@ -59,9 +59,9 @@ def test_queue_full_says_what_the_next_request_of_one_item_would_get() -> None:
     async def body() -> None:
         b, model = _batcher(AUTOMATIC)
         first, gate = await busy(b, model)
-        queued = [req(b, float(i), n=4) for i in range(3)]
+        queued = [req(b, float(i), n=4) for i in range(7)]
         await settle()
-        assert not b.queue_full()  # 12 of 16 items
+        assert not b.queue_full()  # 28 of 32 items
         queued.append(req(b, 5.0, n=4))
         await settle()
         assert b.queue_full()

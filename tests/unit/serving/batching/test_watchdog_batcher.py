@@ -105,8 +105,9 @@ def parse(text: str) -> model_config_pb2.ModelConfig:
 
 
 @pytest.mark.parametrize(("text", "instances", "bound"), [
-    ("max_batch_size: 8 dynamic_batching {}", 2, 64),  # 4 x 8 x 2 = 64
-    ("max_batch_size: 32 dynamic_batching {}", 4, 512),
+    ("max_batch_size: 8 dynamic_batching {}", 2, 128),  # 8 x 8 x 2 = 128
+    ("max_batch_size: 2 dynamic_batching {}", 1, 64),  # 8 x 2 = 16, raised to the minimum
+    ("max_batch_size: 32 dynamic_batching {}", 2, 512),
     ("max_batch_size: 64 dynamic_batching {}", 8, 1024),  # capped
     ("max_batch_size: 0", 1, 64),  # no batching, no dynamic_batching block: bounded too
 ])
