@@ -11,9 +11,9 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.errors import InvalidInput
 from serving.handlers.pool import Answer, HandlerRequest, Param
 from serving.logs import request_id_var
+from serving.transport.multipart import parse_form
 
 MAX_FIELDS = 64
 
@@ -26,14 +26,7 @@ async def handler_request(request: Request, body: bytes) -> HandlerRequest:
         base = ctype.split(";", 1)[0].strip()
         return HandlerRequest(rid, headers, [Param("body", base, body)])
 
-    async def receive() -> dict[str, object]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    replay = Request(request.scope, receive)
-    try:
-        form = await replay.form(max_files=MAX_FIELDS, max_fields=MAX_FIELDS)
-    except Exception as exc:  # python-multipart raises several types for a malformed body
-        raise InvalidInput(f"malformed multipart body: {exc}") from None
+    form = await parse_form(request, body, MAX_FIELDS)
     params = []
     try:
         for name, value in form.multi_items():

@@ -36,6 +36,7 @@ from serving.transport import traced
 from serving.transport.disconnect import cancel_on_disconnect
 from serving.transport.errors import classify
 from serving.transport.http_app import header, read_body
+from serving.transport.multipart import parse_form
 
 if TYPE_CHECKING:
     from serving.archives.store import ModelStoreAccess
@@ -146,14 +147,7 @@ async def _images(request: Request, limit: int) -> list[bytes]:
 
 
 async def _multipart(request: Request, body: bytes) -> list[bytes]:
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    replay = Request(request.scope, receive)
-    try:
-        form = await replay.form(max_files=MAX_PARTS, max_fields=MAX_PARTS)
-    except Exception as exc:  # python-multipart raises several types for a malformed body
-        raise InvalidInput(f"malformed multipart body: {exc}") from None
+    form = await parse_form(request, body, MAX_PARTS)
     try:
         parts = form.getlist("data")
         if not parts:

@@ -32,7 +32,7 @@ from serving.generated import torchserve_inference_pb2 as inf
 from serving.generated import torchserve_inference_pb2_grpc as inf_grpc
 from tests.helpers.server import ServerProcess, http_status, start_server
 from tests.integration.conftest import API_TOKEN, SLOW_WIDTH
-from tests.integration.test_shutdown import GRACE_S, Outcome, _grpc_client, _http_client
+from tests.integration.test_shutdown import GRACE_S, sigterm_under_load
 
 pytestmark = pytest.mark.integration
 
@@ -271,29 +271,10 @@ def test_worker_that_dies_while_loading_backs_off_and_names_the_model(
 def test_sigterm_with_two_workers_drains_accepted_work(tiny_store: Path, tmp_path: Path) -> None:
     server = start_server(tiny_store, tmp_path, extra_args=[
         "--workers", "2", "--shutdown-grace-seconds", str(GRACE_S)])
-    stop = threading.Event()
-    outcomes: list[list[Outcome]] = [[] for _ in range(16)]
-    threads = [threading.Thread(target=_grpc_client if i % 2 else _http_client,
-                                args=(server, stop, outcomes[i]), daemon=True)
-               for i in range(16)]
-    try:
-        for t in threads:
-            t.start()
-        time.sleep(2.0)
-        signalled = time.monotonic()
-        server.proc.send_signal(signal.SIGTERM)
-        code = server.proc.wait(timeout=GRACE_S + 15)
-        exited = time.monotonic()
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=GRACE_S + 15)
-        if server.proc.poll() is None:
-            server.stop(signal.SIGKILL)
-    log = server.log()
-    assert code == 0, log[-3000:]
-    assert exited - signalled < GRACE_S + 5, log[-3000:]
-    flat = [o for per in outcomes for o in per]
+    drained = sigterm_under_load(server, 16)
+    log, flat, signalled = drained.log, drained.outcomes, drained.signalled
+    assert drained.code == 0, log[-3000:]
+    assert drained.exited - signalled < GRACE_S + 5, log[-3000:]
     assert not [o for o in flat if o.result not in ("ok", "refused")]
     accepted = sum(int(n) for n in re.findall(r"draining: readiness is false, (\d+) requests",
                                                 log))
