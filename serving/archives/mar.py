@@ -181,11 +181,3 @@ def labels_from_index(mapping: Any, max_labels: int = MAX_LABELS) -> list[str]:
         labels[indices[key]] = str(value[-1] if isinstance(value, list) and value else value)
     return labels
 
-
-def materialize_archives(store: Path, cache_dir: Path, limits: ArchiveLimits | None = None,
-                         allow_archive_code: bool = False) -> list[tuple[str, Path]]:
-    """Each ``store/*.mar`` without a same-named Triton directory, as a Triton-layout model
-    directory under ``cache_dir``: ``[(model name, model dir)]`` (see ``materialize``)."""
-    from serving.archives.materialize import materialize_all
-
-    return materialize_all(store, cache_dir, limits or ArchiveLimits(), allow_archive_code)

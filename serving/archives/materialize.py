@@ -40,8 +40,11 @@ _NOT_PARAMETERS = ("inputs", "outputs", "max_batch_size", "name", "labels")
 _IMAGENET = {"mean": "0.485,0.456,0.406", "std": "0.229,0.224,0.225"}
 
 
-def materialize_all(store: Path, cache_dir: Path, limits: ArchiveLimits,
-                    allow_archive_code: bool) -> list[tuple[str, Path]]:
+def materialize_archives(store: Path, cache_dir: Path, limits: ArchiveLimits | None = None,
+                         allow_archive_code: bool = False) -> list[tuple[str, Path]]:
+    """Each ``store/*.mar`` without a same-named Triton directory, as a Triton-layout model
+    directory under ``cache_dir``: ``[(model name, model dir)]`` (see ``materialize``)."""
+    limits = limits or ArchiveLimits()
     found = []
     for mar in sorted(store.glob("*.mar")):
         name = mar.stem

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from serving.errors import InvalidInput, PermissionDenied, Unauthenticated
 from serving.transport.auth import HostCheck, is_loopback, parse_allowed_hosts
-from serving.transport.torchserve_http import _guard, model_version, torchserve_error
+from serving.transport.torchserve_common import guard, model_version, torchserve_error
 
 if TYPE_CHECKING:
     from serving.archives.store import ModelStoreAccess
@@ -236,17 +236,17 @@ def create_management_app(service: InferenceService, settings: Settings,
                           store: ModelStoreAccess) -> Starlette:
     h = ManagementHandlers(ManagementOps(service, settings, store))
     routes = [
-        Route("/", _guard(h.description), methods=["OPTIONS"]),
-        Route("/api-description", _guard(h.description), methods=["GET"]),
-        Route("/models", _guard(h.list_models), methods=["GET"]),
-        Route("/models", _guard(h.register), methods=["POST"]),
-        Route("/models/{model}", _guard(h.describe), methods=["GET"]),
-        Route("/models/{model}", _guard(h.scale), methods=["PUT"]),
-        Route("/models/{model}", _guard(h.unregister), methods=["DELETE"]),
-        Route("/models/{model}/{version}/set-default", _guard(h.set_default), methods=["PUT"]),
-        Route("/models/{model}/{version}", _guard(h.describe), methods=["GET"]),
-        Route("/models/{model}/{version}", _guard(h.scale), methods=["PUT"]),
-        Route("/models/{model}/{version}", _guard(h.unregister), methods=["DELETE"]),
+        Route("/", guard(h.description), methods=["OPTIONS"]),
+        Route("/api-description", guard(h.description), methods=["GET"]),
+        Route("/models", guard(h.list_models), methods=["GET"]),
+        Route("/models", guard(h.register), methods=["POST"]),
+        Route("/models/{model}", guard(h.describe), methods=["GET"]),
+        Route("/models/{model}", guard(h.scale), methods=["PUT"]),
+        Route("/models/{model}", guard(h.unregister), methods=["DELETE"]),
+        Route("/models/{model}/{version}/set-default", guard(h.set_default), methods=["PUT"]),
+        Route("/models/{model}/{version}", guard(h.describe), methods=["GET"]),
+        Route("/models/{model}/{version}", guard(h.scale), methods=["PUT"]),
+        Route("/models/{model}/{version}", guard(h.unregister), methods=["DELETE"]),
     ]
     app = Starlette(routes=routes)
     token = settings.api_token()  # ValueError for a token file readable by others

@@ -25,7 +25,7 @@ from serving.tasks.options import TaskOptions
 from serving.transport import traced
 from serving.transport.errors import classify, grpc_errors
 from serving.transport.grpc_tolerant import Undecodable, add_service, answers_undecodable
-from serving.transport.torchserve_http import model_version
+from serving.transport.torchserve_common import model_version
 
 if TYPE_CHECKING:
     from serving.archives.store import ModelStoreAccess

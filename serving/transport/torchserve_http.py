@@ -13,10 +13,9 @@ import base64
 import binascii
 import json
 import logging
-import re
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,15 +27,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from serving.errors import InvalidInput, ServingError
-from serving.logs import new_request_id, request_id_var
+from serving.errors import InvalidInput
 from serving.tasks.options import TaskOptions
 from serving.tasks.registry import TaskResult
 from serving.transport import traced
 from serving.transport.disconnect import cancel_on_disconnect
-from serving.transport.errors import classify
 from serving.transport.http_app import header, read_body
 from serving.transport.multipart import parse_form
+from serving.transport.torchserve_common import guard, model_version
 
 if TYPE_CHECKING:
     from serving.archives.store import ModelStoreAccess
@@ -50,19 +48,6 @@ MAX_PARTS = 64
 MAX_JSON_STRUCTURE = 4096  # commas, brackets and braces of a JSON body of MAX_PARTS images
 OFF_LOOP_BYTES = 256 * 1024
 T = TypeVar("T")
-_TS_VERSION = re.compile(r"^(\d+)(?:\.0+)?$")
-
-
-def torchserve_error(exc: BaseException) -> JSONResponse:
-    mapping, message = classify(exc)
-    return JSONResponse({"code": mapping.http_status, "type": mapping.torchserve_type,
-                         "message": message}, status_code=mapping.http_status)
-
-
-def model_version(text: str) -> str:
-    """TorchServe versions are often ``1.0``; capserve's are integers: accept both spellings."""
-    match = _TS_VERSION.match(text)
-    return match.group(1) if match else text
 
 
 def decode_b64(value: str, where: str) -> bytes:
@@ -238,18 +223,6 @@ def _instance(item: Any, index: int) -> bytes:
     raise InvalidInput(f'instance {index} must be a base64 string or {{"data": "<base64>"}}')
 
 
-def _guard(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        request_id_var.set(header(request, "x-request-id") or new_request_id())
-        try:
-            return await fn(request)
-        except ServingError as exc:
-            return torchserve_error(exc)
-        except Exception as exc:  # never a dropped connection: 500 with a generic message
-            return torchserve_error(exc)
-    return endpoint
-
-
 def api_description(service: InferenceService) -> dict[str, Any]:
     """A compact OpenAPI 3.0.1 description of the TorchServe inference routes."""
     def op(summary: str, body: bool = True) -> dict[str, Any]:
@@ -288,14 +261,14 @@ def torchserve_routes(service: InferenceService, pipelines: TaskRegistry,
     explanations = traced.http_endpoint("Explanations", h.explanations)
     kserve_v1 = traced.http_endpoint("KServeV1", h.kserve_v1)
     return [
-        Route("/ping", _guard(h.ping), methods=["GET", "POST"]),
-        Route("/predictions/{model}", _guard(predictions), methods=["POST", "PUT"]),
-        Route("/predictions/{model}/{version}", _guard(predictions), methods=["POST", "PUT"]),
-        Route("/explanations/{model}", _guard(explanations), methods=["POST", "PUT"]),
-        Route("/explanations/{model}/{version}", _guard(explanations), methods=["POST", "PUT"]),
-        Route("/v1/models/{target}", _guard(kserve_v1), methods=["POST"]),
-        Route("/api-description", _guard(h.api_description), methods=["GET"]),
-        Route("/", _guard(h.api_description), methods=["OPTIONS"]),
+        Route("/ping", guard(h.ping), methods=["GET", "POST"]),
+        Route("/predictions/{model}", guard(predictions), methods=["POST", "PUT"]),
+        Route("/predictions/{model}/{version}", guard(predictions), methods=["POST", "PUT"]),
+        Route("/explanations/{model}", guard(explanations), methods=["POST", "PUT"]),
+        Route("/explanations/{model}/{version}", guard(explanations), methods=["POST", "PUT"]),
+        Route("/v1/models/{target}", guard(kserve_v1), methods=["POST"]),
+        Route("/api-description", guard(h.api_description), methods=["GET"]),
+        Route("/", guard(h.api_description), methods=["OPTIONS"]),
     ]
 
 
@@ -340,7 +313,8 @@ def build_torchserve(service: InferenceService, settings: Settings,
                      add_model_dir: Callable[[str, Path], None]) -> TorchServeParts:
     """The TorchServe dialect for one server; call before ``service.start()`` so the store's
     ``.mar`` archives (materialised here, in a private temporary folder) load with the rest."""
-    from serving.archives.mar import ArchiveLimits, materialize_archives
+    from serving.archives.mar import ArchiveLimits
+    from serving.archives.materialize import materialize_archives
     from serving.archives.store import ModelStoreAccess
     from serving.tasks.registry import TaskRegistry
     from serving.transport.management_http import create_management_app

@@ -152,7 +152,8 @@ class Supervisor:
 
     def _materialize_archives(self) -> Path:
         """The store's archives, extracted once for every worker (they only read them)."""
-        from serving.archives.mar import ArchiveLimits, materialize_archives
+        from serving.archives.mar import ArchiveLimits
+        from serving.archives.materialize import materialize_archives
 
         cache = self._rundir / "archives"
         cache.mkdir()

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import text_format
 
 from serving.archives.mar import ArchiveError, ArchiveLimits, labels_from_index
-from serving.archives.materialize import materialize, materialize_all
+from serving.archives.materialize import materialize, materialize_archives
 from serving.generated import model_config_pb2
 
 
@@ -117,6 +117,6 @@ def test_a_hostile_archive_never_stops_the_rest_of_the_store(tmp_path: Path,
     store.mkdir()
     _mar(store / "good.mar")
     _mar(store / "bad.mar", task=_task(inline_run_max_microseconds="100000000"))
-    served = materialize_all(store, tmp_path / "cache", ArchiveLimits(), False)
+    served = materialize_archives(store, tmp_path / "cache", ArchiveLimits(), False)
     assert [name for name, _ in served] == ["good"]
     assert "inline_run_max_microseconds" in caplog.text

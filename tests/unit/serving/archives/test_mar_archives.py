@@ -16,11 +16,10 @@ from PIL import Image
 from serving.archives.mar import (
     ArchiveError,
     ArchiveLimits,
-    materialize_archives,
     read_manifest,
     safe_extract,
 )
-from serving.archives.materialize import materialize
+from serving.archives.materialize import materialize, materialize_archives
 from serving.errors import PayloadTooLarge
 from serving.generated import model_config_pb2
 
