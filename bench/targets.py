@@ -10,9 +10,11 @@ from bench.schema import CeilingRun, LoadRun, Results
 _PAIRED = (("hey", "/predictions"), ("wrk", "/predictions"), ("grpc_asyncio", "Predictions-grpc"))
 
 
-def _find(load: list[LoadRun], server: str, model: str, client: str, conc: int) -> LoadRun | None:
+def _find(load: list[LoadRun], server: str, model: str, client: str, conc: int,
+          endpoint: str | None = None) -> LoadRun | None:
     return next((r for r in load if r.server == server and r.model == model
-                 and r.client == client and r.concurrency == conc), None)
+                 and r.client == client and r.concurrency == conc
+                 and (endpoint is None or r.endpoint == endpoint)), None)
 
 
 def _ceiling_for(ceil: list[CeilingRun], runtime: str, model: str, conc: int) -> CeilingRun | None:
@@ -102,17 +104,10 @@ def _targets(results: Results) -> list[dict[str, Any]]:
     return out
 
 
-def _find_endpoint(load: list[LoadRun], server: str, client: str, endpoint: str,
-                   conc: int) -> LoadRun | None:
-    return next((r for r in load if r.server == server and r.model == "lenet"
-                 and r.client == client and r.endpoint == endpoint
-                 and r.concurrency == conc), None)
-
-
 def _worker_targets(load: list[LoadRun]) -> list[dict[str, Any]]:
     """The multi-core targets: auto workers against one process, and CPU per request."""
-    auto = _find_endpoint(load, "capserve", "perf_analyzer", "v2-grpc", 32)
-    one = _find_endpoint(load, "capserve-w1", "perf_analyzer", "v2-grpc", 32)
+    auto = _find(load, "capserve", "lenet", "perf_analyzer", 32, "v2-grpc")
+    one = _find(load, "capserve-w1", "lenet", "perf_analyzer", 32, "v2-grpc")
     rows = [_target(
         "lenet v2-grpc perf_analyzer c=32: --workers auto vs --workers 1", ">= 1.5x",
         [auto, one], lambda: _ratio(auto.throughput_rps, one.throughput_rps),  # type: ignore[union-attr]

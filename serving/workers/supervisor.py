@@ -116,7 +116,8 @@ class Supervisor:
     def __init__(self, settings: Settings, workers: int) -> None:
         self.settings = settings
         self.slots = [WorkerSlot(i) for i in range(workers)]
-        self._stopping = False
+        self._stop_event = asyncio.Event()
+        self._gpus = visible_gpus() if settings.device in ("auto", "cuda") else 0
         self._published_ready: bool | None = None
         self._control_lock = asyncio.Lock()
         self._oplog: list[dict[str, Any]] = []
@@ -175,8 +176,8 @@ class Supervisor:
             archive_cache_dir=str(cache), http_port=self._ports["http"],
             grpc_port=self._ports["grpc"], management_port=self._ports["management"],
         )
-        if self.settings.device in ("auto", "cuda") and visible_gpus() > 1:
-            data["device"] = f"cuda:{slot.index % visible_gpus()}"
+        if self._gpus > 1:
+            data["device"] = f"cuda:{slot.index % self._gpus}"
         return json.dumps(data)
 
     async def run(self) -> int:
@@ -236,14 +237,14 @@ class Supervisor:
         logger.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
 
     async def _keep(self, slot: WorkerSlot, cache: Path) -> None:
-        while not self._stopping:
+        while not self._stop_event.is_set():
             await self._spawn(slot, cache)
             assert slot.proc is not None
             returncode = await slot.proc.wait()
             was_admitted = slot.admitted
             slot.admitted, slot.channel = False, None
             await self._publish_ready()
-            if self._stopping:
+            if self._stop_event.is_set():
                 return
             label, text = exit_cause(returncode)
             self._exits.labels(cause=label).inc()
@@ -255,14 +256,10 @@ class Supervisor:
                          time.monotonic() - slot.started_at, delay)
             slot.generation += 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped(), delay)
-
-    async def _stopped(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(0.1)
+                await asyncio.wait_for(self._stop_event.wait(), delay)
 
     async def _shutdown(self, monitors: list[asyncio.Task[None]]) -> None:
-        self._stopping = True
+        self._stop_event.set()  # also ends a worker's back-off wait: it is not started again
         await self._publish_ready()
         for slot in self.slots:
             if slot.proc is not None and slot.proc.returncode is None:
@@ -396,7 +393,7 @@ class Supervisor:
         return [r for r in results if not isinstance(r, BaseException)]
 
     async def _publish_ready(self, force: bool = False) -> None:
-        ready = not self._stopping and all(s.admitted for s in self.slots)
+        ready = not self._stop_event.is_set() and all(s.admitted for s in self.slots)
         self._ready_gauge.set(sum(s.admitted for s in self.slots))
         if ready == self._published_ready and not force:
             return

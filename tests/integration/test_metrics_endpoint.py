@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
@@ -29,21 +32,26 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def test_metrics_move_with_requests(v2_server: ServerProcess) -> None:
-    before = scrape(v2_server)
-    assert any(name.startswith("process_") for name, _ in before)
-    c = grpcclient.InferenceServerClient(v2_server.grpc_url)
-    a = np.ones((2, 16), np.int32)  # batch 2 per request
-    inputs = [grpcclient.InferInput(n, [2, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+def send_simple(module: ModuleType, url: str, batch: int, good: int) -> None:
+    """``good`` requests to the simple model and one with a wrong datatype (refused)."""
+    c = module.InferenceServerClient(url)
+    a = np.ones((batch, 16), np.int32)
+    inputs = [module.InferInput(n, [batch, 16], "INT32") for n in ("INPUT0", "INPUT1")]
     for inp in inputs:
         inp.set_data_from_numpy(a)
-    for _ in range(5):
+    for _ in range(good):
         c.infer("simple", inputs)
-    bad = grpcclient.InferInput("INPUT0", [2, 16], "FP32")
+    bad = module.InferInput("INPUT0", [batch, 16], "FP32")
     bad.set_data_from_numpy(a.astype(np.float32))
     with pytest.raises(InferenceServerException):
         c.infer("simple", [bad, inputs[1]])
     c.close()
+
+
+def test_metrics_move_with_requests(v2_server: ServerProcess) -> None:
+    before = scrape(v2_server)
+    assert any(name.startswith("process_") for name, _ in before)
+    send_simple(grpcclient, v2_server.grpc_url, batch=2, good=5)  # batch 2 per request
     after = scrape(v2_server)
     m = {"model": "simple", "version": "1"}
 
@@ -79,21 +87,8 @@ def test_triton_and_torchserve_names_count_every_request(v2_server: ServerProces
     assert "_created" not in raw
     before = scrape(v2_server)
     sent = 7
-    for flavour in ("http", "grpc"):
-        module = grpcclient if flavour == "grpc" else __import__("tritonclient.http").http
-        c = module.InferenceServerClient(v2_server.grpc_url if flavour == "grpc"
-                                         else v2_server.http_url)
-        a = np.ones((1, 16), np.int32)
-        inputs = [module.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
-        for inp in inputs:
-            inp.set_data_from_numpy(a)
-        for _ in range(sent):
-            c.infer("simple", inputs)
-        bad = module.InferInput("INPUT0", [1, 16], "FP32")
-        bad.set_data_from_numpy(a.astype(np.float32))
-        with pytest.raises(InferenceServerException):
-            c.infer("simple", [bad, inputs[1]])
-        c.close()
+    send_simple(httpclient, v2_server.http_url, batch=1, good=sent)
+    send_simple(grpcclient, v2_server.grpc_url, batch=1, good=sent)
     after = scrape(v2_server)
     m = {"model": "simple", "version": "1"}
 
