@@ -51,10 +51,12 @@ class Extensions:
     grpc_hooks: list[Callable[[aio.Server], None]] = field(default_factory=list)
     management_app: Starlette | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
+    http_front: Callable[[ASGIApp], ASGIApp] | None = None  # wraps the HTTP app
 
 
 def default_extensions(
-    service: InferenceService, settings: Settings, repository: ModelRepository
+    service: InferenceService, settings: Settings, repository: ModelRepository,
+    metrics: Metrics | None = None,
 ) -> Extensions:
     """The TorchServe dialect: its routes on the HTTP port, its gRPC services, the management app.
 
@@ -63,12 +65,13 @@ def default_extensions(
     """
     from serving.transport.torchserve_http import build_torchserve
 
-    parts = build_torchserve(service, settings, repository.add_model_dir)
+    parts = build_torchserve(service, settings, repository.add_model_dir, metrics)
     return Extensions(
         http_routes=parts.routes,
         grpc_hooks=[parts.grpc_hook],
         management_app=parts.management_app,
         closers=[parts.close],
+        http_front=parts.http_front,
     )
 
 
@@ -97,9 +100,10 @@ class Server:
         worker = settings.worker_id >= 0
         self.exposition: Callable[[], bytes] = (
             metrics.exposition if metrics is not None else lambda: generate_latest(registry))
-        http_app: ASGIApp = Admission(
-            create_http_app(service, settings, extensions.http_routes, gate=gate), service,
-            metrics)
+        inner = create_http_app(service, settings, extensions.http_routes, gate=gate)
+        if extensions.http_front is not None:
+            inner = extensions.http_front(inner)
+        http_app: ASGIApp = Admission(inner, service, metrics)
         if worker:
             http_app = WorkerHeader(http_app, settings.worker_id)
         concurrency = settings.http_max_concurrency
@@ -259,5 +263,5 @@ def build_server(
                                  limits=ServiceLimits.from_settings(settings))
     service = service_class(repository, metrics, server_version=SERVER_VERSION)
     if extensions is None:
-        extensions = default_extensions(service, settings, repository)
+        extensions = default_extensions(service, settings, repository, metrics)
     return Server(settings, service, registry, extensions, metrics=metrics)

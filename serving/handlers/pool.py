@@ -20,16 +20,21 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from serving.batching.batcher import DynamicBatcher
 from serving.batching.policy import BatchPolicy, QueuePolicy
+from serving.errors import FailureReason
 from serving.handlers.process import FD_ENV, SPEC_ENV
+
+if TYPE_CHECKING:
+    from serving.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
 _FAILED = "Worker died."
@@ -89,6 +94,19 @@ class HandlerProcess:
         self._conn: Connection | None = None
         self.restarts = 0
         self.load_error = ""
+        self.started_at = 0.0  # epoch seconds of the last successful start
+        self._closed = False
+        self._ready = False  # the handler answered that it loaded
+
+    @property
+    def pid(self) -> int:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else 0
+
+    @property
+    def status(self) -> str:
+        """TorchServe's worker states: READY, UNLOADED (down, started again on demand)."""
+        return "READY" if self._ready and self.pid else "UNLOADED"
 
     def _start(self) -> None:
         parent, child = socket.socketpair()
@@ -117,11 +135,14 @@ class HandlerProcess:
         if not hello.get("ready"):
             self._kill()
             raise RuntimeError(str(hello.get("error", "the handler failed to load"))[:500])
+        self.started_at = time.time()
+        self._ready = True
         log.info("handler process %s ready (pid %d)", self.name, self._proc.pid)
 
     def _kill(self) -> None:
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
+        self._ready = False
         if conn is not None:
             conn.close()
         if proc is None:
@@ -137,6 +158,8 @@ class HandlerProcess:
     def _ensure(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             return
+        if self._closed:
+            raise RuntimeError("the server is stopping")
         if self._proc is not None:
             log.warning("handler process %s exited with %s; starting it again", self.name,
                         self._proc.returncode)
@@ -165,6 +188,10 @@ class HandlerProcess:
                           self.name, len(requests), exc or type(exc).__name__)
                 self._kill()
                 self.restarts += 1
+                # Started again now, as TorchServe restarts a dead worker, so /ping and the
+                # next batch find it ready instead of waiting for its load.
+                threading.Thread(target=_quiet_start, args=(self,), daemon=True,
+                                 name=f"restart-{self.name}").start()
                 return [error_answer(500, _FAILED)] * len(requests)
 
     def _exchange(self, requests: list[HandlerRequest]) -> list[Answer]:
@@ -199,6 +226,7 @@ class HandlerProcess:
 
     def close(self) -> None:
         # Called at shutdown; a run in progress keeps the lock, so do not wait for it.
+        self._closed = True
         self._kill()
 
 
@@ -206,16 +234,26 @@ class HandlerModel:
     """A model served by its archive's handler: processes and their batcher."""
 
     def __init__(self, spec: HandlerSpec, version: str, workers: int, max_batch_delay_ms: int,
-                 queue: QueuePolicy) -> None:
+                 queue: QueuePolicy, metrics: Metrics | None = None) -> None:
         self.spec = spec
         self.version = version
+        self.max_batch_delay_ms = max(0, max_batch_delay_ms)
+        self.max_queue_size = queue.max_queue_size
+        self.loaded_at = time.time()
         self.processes = [HandlerProcess(spec, i) for i in range(max(1, workers))]
+        self._metrics = metrics
         policy = BatchPolicy(max_batch_size=max(1, spec.batch_size),
                              dynamic=spec.batch_size > 1,
-                             max_queue_delay_us=max(0, max_batch_delay_ms) * 1000,
+                             max_queue_delay_us=self.max_batch_delay_ms * 1000,
                              default_queue_policy=queue)
+        observer = None if metrics is None else _MetricsObserver(metrics, spec.model_name,
+                                                                 version)
         self.batcher = DynamicBatcher([self._runner(p) for p in self.processes], policy,
-                                      name=spec.model_name)
+                                      name=spec.model_name, observer=observer)
+
+    def ready(self) -> bool:
+        """True while at least one handler process runs its loaded handler."""
+        return any(p.status == "READY" for p in self.processes)
 
     @staticmethod
     def _runner(process: HandlerProcess) -> Any:
@@ -233,16 +271,52 @@ class HandlerModel:
                              name=f"start-{process.name}").start()
 
     async def predict(self, request: HandlerRequest) -> Answer:
+        """The handler's answer (an error answer when the handler failed); the batcher's
+        errors (queue full, timed out) are raised. Both count in the model's metrics."""
         item = np.empty(1, dtype=object)
         item[0] = request
-        result = await self.batcher.submit({"request": item}, 1)
+        started = time.monotonic()
+        try:
+            result = await self.batcher.submit({"request": item}, 1)
+        except Exception as exc:
+            self._count_failure(getattr(exc, "reason", FailureReason.BACKEND), started)
+            raise
         answer = result.outputs["answer"][0]
         assert isinstance(answer, Answer)
+        if answer.status >= 400:
+            self._count_failure(FailureReason.INVALID if answer.status < 500
+                                else FailureReason.BACKEND, started)
+        elif self._metrics is not None:
+            self._metrics.request_succeeded(
+                self.spec.model_name, self.version, time.monotonic() - started, result.queue_s,
+                1, (result.compute_input_s, result.compute_infer_s, result.compute_output_s))
         return answer
+
+    def _count_failure(self, reason: FailureReason, started: float) -> None:
+        if self._metrics is not None:
+            self._metrics.request_failed(self.spec.model_name, self.version, reason,
+                                         time.monotonic() - started)
 
     def close(self) -> None:
         for process in self.processes:
             process.close()
+
+
+class _MetricsObserver:
+    """The batcher's queue and executions in the model's metrics, as the core counts its own."""
+
+    def __init__(self, metrics: Metrics, name: str, version: str) -> None:
+        self._metrics, self._name, self._version = metrics, name, version
+
+    def pending_changed(self, delta: int) -> None:
+        self._metrics.pending_changed(self._name, self._version, delta)
+
+    def execution_finished(self, batch_size: int, compute_input_s: float,
+                           compute_infer_s: float, compute_output_s: float,
+                           traces: Sequence[object] = ()) -> None:
+        self._metrics.execution(self._name, self._version, batch_size, compute_input_s,
+                                compute_infer_s, compute_output_s)
+
 
 
 def _quiet_start(process: HandlerProcess) -> None:

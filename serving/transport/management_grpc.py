@@ -21,6 +21,7 @@ from serving.transport.management_http import ManagementOps, check_token
 if TYPE_CHECKING:
     from serving.archives.store import ModelStoreAccess
     from serving.core.service import InferenceService
+    from serving.handlers.models import HandlerModels
     from serving.settings import Settings
 
 
@@ -78,7 +79,8 @@ class TorchServeManagement(pb_grpc.ManagementAPIsServiceServicer):
 
 
 def add_management_service(server: aio.Server, service: InferenceService, settings: Settings,
-                           store: ModelStoreAccess) -> None:
-    ops = ManagementOps(service, settings, store)
+                           store: ModelStoreAccess,
+                           handler_models: HandlerModels | None = None) -> None:
+    ops = ManagementOps(service, settings, store, handler_models)
     add_service(pb_grpc.add_ManagementAPIsServiceServicer_to_server,
                 TorchServeManagement(ops, settings.api_token()), server)

@@ -25,6 +25,7 @@ from serving.transport.torchserve_common import guard, model_version, torchserve
 if TYPE_CHECKING:
     from serving.archives.store import ModelStoreAccess
     from serving.core.service import InferenceService, ModelDescription
+    from serving.handlers.models import HandlerModels
     from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,25 @@ class ManagementOps:
     """The management operations, shared by the HTTP and gRPC management APIs."""
 
     def __init__(self, service: InferenceService, settings: Settings,
-                 store: ModelStoreAccess) -> None:
+                 store: ModelStoreAccess, handler_models: HandlerModels | None = None) -> None:
         self.service = service
         self.store = store
         self.model_control = bool(settings.enable_model_control)
+        self.handler_models = handler_models  # archives run by their own handler
+
+    def _custom(self, name: str) -> bool:
+        return self.handler_models is not None and name in self.handler_models
+
+    def _fixed(self, name: str, what: str) -> None:
+        """Custom-handler models are set by the config at start; refuse changing them."""
+        if self._custom(name):
+            raise InvalidInput(f"model '{name}' runs its own handler: {what} is set by "
+                               "config.properties at start and cannot change at runtime")
+
+    def _url(self, name: str) -> str:
+        if self._custom(name):
+            return f"{name}.mar"
+        return self.service.describe_model(name)[0].model_dir
 
     def _control(self) -> None:
         if not self.model_control:
@@ -79,18 +95,20 @@ class ManagementOps:
     def list_models(self, limit: int, token: int) -> dict[str, Any]:
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
-        names = self.service.model_names()
+        names = sorted({*self.service.model_names(),
+                        *(self.handler_models.names() if self.handler_models else ())})
         if token < 0 or token > len(names):
             raise InvalidInput(f"next_page_token {token} is out of range")
         body: dict[str, Any] = {"models": [
-            {"modelName": n, "modelUrl": self.service.describe_model(n)[0].model_dir}
-            for n in names[token:token + limit]]}
+            {"modelName": n, "modelUrl": self._url(n)} for n in names[token:token + limit]]}
         if token + limit < len(names):
             body["nextPageToken"] = str(token + limit)
         return body
 
     async def describe(self, name: str, version: str) -> list[dict[str, Any]]:
         version = model_version(version)
+        if self.handler_models is not None and name in self.handler_models:
+            return self.handler_models.describe(name, version)
         descriptions = await self.service.gather_descriptions(
             name, "" if version == "all" else version)
         return [describe_json(d) for d in descriptions]
@@ -113,6 +131,7 @@ class ManagementOps:
             raise InvalidInput("min_worker and max_worker must be between 0 and 64")
         if low and high and low > high:
             raise InvalidInput(f"min_worker {low} is larger than max_worker {high}")
+        self._fixed(name, "its worker count (minWorkers)")
         # capserve runs a fixed executor count: TorchServe starts min_worker workers.
         instances = low or high
         if not instances:
@@ -122,6 +141,7 @@ class ManagementOps:
 
     async def unregister(self, name: str, version: str) -> dict[str, Any]:
         self._control()
+        self._fixed(name, "whether it is served")
         version = model_version(version)
         described = self.service.describe_model(name, version)  # 404 for unknown
         if version and len(self.service.describe_model(name)) > len(described):
@@ -132,6 +152,7 @@ class ManagementOps:
         return {"status": f'Model "{name}" unregistered'}
 
     async def set_default(self, name: str, version: str) -> dict[str, Any]:
+        self._fixed(name, "its default version")
         version = model_version(version)
         await self.service.set_default(name, version)
         return {"status": f'Default version successfully updated for model "{name}" to '
@@ -233,8 +254,9 @@ class _HostGuard:
 
 
 def create_management_app(service: InferenceService, settings: Settings,
-                          store: ModelStoreAccess) -> Starlette:
-    h = ManagementHandlers(ManagementOps(service, settings, store))
+                          store: ModelStoreAccess,
+                          handler_models: HandlerModels | None = None) -> Starlette:
+    h = ManagementHandlers(ManagementOps(service, settings, store, handler_models))
     routes = [
         Route("/", guard(h.description), methods=["OPTIONS"]),
         Route("/api-description", guard(h.description), methods=["GET"]),

@@ -17,7 +17,14 @@ import grpc
 from google.protobuf import empty_pb2
 from grpc import aio
 
-from serving.errors import InvalidInput
+from serving.errors import (
+    BackendError,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    PayloadTooLarge,
+    ServingError,
+)
 from serving.generated import torchserve_inference_pb2 as pb
 from serving.generated import torchserve_inference_pb2_grpc as pb_grpc
 from serving.generated.google.rpc import status_pb2
@@ -30,6 +37,7 @@ from serving.transport.torchserve_common import model_version
 if TYPE_CHECKING:
     from serving.archives.store import ModelStoreAccess
     from serving.core.service import InferenceService
+    from serving.handlers.models import HandlerModels
     from serving.settings import Settings
     from serving.tasks.registry import TaskRegistry
 
@@ -41,14 +49,53 @@ def _options(inputs: Mapping[str, bytes]) -> TaskOptions:
     return TaskOptions.parse(query)
 
 
+def _answer_error(status: int, message: str) -> ServingError:
+    """A failed handler answer as the error of the one table (TorchServe's gRPC front maps its
+    HTTP codes the same way: 4xx INVALID_ARGUMENT / NOT_FOUND, 5xx INTERNAL / UNAVAILABLE)."""
+    if status == 404:
+        return ModelNotFound(message)
+    if status == 413:
+        return PayloadTooLarge(message)
+    if status < 500:
+        return InvalidInput(message)
+    return ModelNotReady(message) if status == 503 else BackendError(message)
+
+
 class TorchServeInference(pb_grpc.InferenceAPIsServiceServicer):
-    def __init__(self, service: InferenceService, pipelines: TaskRegistry) -> None:
+    def __init__(self, service: InferenceService, pipelines: TaskRegistry,
+                 handler_models: HandlerModels | None = None) -> None:
         self.service = service
         self.pipelines = pipelines
+        self.handler_models = handler_models
+
+    async def _custom(self, request: pb.PredictionsRequest) -> bytes:
+        """A custom-handler model: every input entry is one parameter of the request, as
+        bytes (TorchServe's gRPC front gives them no content type)."""
+        from serving.handlers.pool import HandlerRequest, Param
+        from serving.logs import new_request_id
+
+        assert self.handler_models is not None
+        model = self.handler_models.model(request.model_name,
+                                          model_version(request.model_version))
+        if not request.input:
+            raise InvalidInput("input is empty: put the request's data in input['data']")
+        job = HandlerRequest(new_request_id(), [],
+                             [Param(k, "", bytes(v)) for k, v in request.input.items()])
+        with self.service.admission():
+            answer = await model.predict(job)
+        if answer.status >= 400:
+            try:
+                message = str(json.loads(answer.body)["message"])
+            except (ValueError, KeyError, TypeError):
+                message = answer.body[:500].decode(errors="replace")
+            raise _answer_error(answer.status, message)
+        return answer.body
 
     async def _predict(self, request: pb.PredictionsRequest) -> bytes:
         if not request.model_name:
             raise InvalidInput("model_name is required")
+        if self.handler_models is not None and request.model_name in self.handler_models:
+            return await self._custom(request)
         image = request.input.get("data", request.input.get("body"))
         if image is None:
             keys = ", ".join(sorted(request.input)) or "none"
@@ -61,7 +108,9 @@ class TorchServeInference(pb_grpc.InferenceAPIsServiceServicer):
 
     async def Ping(self, request: empty_pb2.Empty,
                    context: aio.ServicerContext) -> pb.TorchServeHealthResponse:
-        status = "Healthy" if self.service.server_ready() else "Unhealthy"
+        healthy = self.service.server_ready() and (
+            self.handler_models is None or self.handler_models.healthy())
+        status = "Healthy" if healthy else "Unhealthy"
         return pb.TorchServeHealthResponse(health=json.dumps({"status": status}))
 
     @grpc_errors
@@ -102,11 +151,12 @@ class TorchServeInference(pb_grpc.InferenceAPIsServiceServicer):
 
 def add_torchserve_services(server: aio.Server, service: InferenceService,
                             pipelines: TaskRegistry, settings: Settings,
-                            store: ModelStoreAccess | None = None) -> None:
+                            store: ModelStoreAccess | None = None,
+                            handler_models: HandlerModels | None = None) -> None:
     """InferenceAPIsService, and ManagementAPIsService when ``store`` is given."""
     add_service(pb_grpc.add_InferenceAPIsServiceServicer_to_server,
-                TorchServeInference(service, pipelines), server)
+                TorchServeInference(service, pipelines, handler_models), server)
     if store is not None:
         from serving.transport.management_grpc import add_management_service
 
-        add_management_service(server, service, settings, store)
+        add_management_service(server, service, settings, store, handler_models)

@@ -26,6 +26,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from serving.errors import InvalidInput
 from serving.tasks.options import TaskOptions
@@ -38,6 +39,7 @@ from serving.transport.torchserve_common import guard, model_version
 
 if TYPE_CHECKING:
     from serving.archives.store import ModelStoreAccess
+    from serving.core.metrics import Metrics
     from serving.core.service import InferenceService
     from serving.handlers.models import HandlerModels
     from serving.settings import Settings
@@ -158,18 +160,33 @@ class TorchServeHandlers:
         self.limit = int(settings.max_request_bytes)
         self.handler_models = handler_models  # archives run by their own handler
 
-    async def _custom(self, request: Request, model: str, version: str) -> Response:
-        from serving.handlers.http import answer_response, handler_request
+    async def _custom(self, request: Request, model: str, version: str,
+                      verb: str = "") -> Response:
+        from serving.handlers.http import answer_response, handler_request, v1_body
 
         assert self.handler_models is not None
+        target = self.handler_models.model(model, model_version(version))  # 404 first
+        envelope = target.spec.envelope
+        if verb and envelope == "kservev2":
+            raise InvalidInput(f"model '{model}' reads KServe v2 requests "
+                               "(service_envelope=kservev2): send /v2/models/"
+                               f"{model}/infer")
         body = await read_body(request, self.limit)
+        if verb and envelope == "kserve":  # its envelope reads "instances"
+            body = await off_loop(v1_body, body)
         job = await handler_request(request, body)
-        answer = await cancel_on_disconnect(
-            request, self.handler_models.predict(model, version, job))
+        if verb == "explain":  # what TorchServe's kserve envelope looks for
+            job.headers.append(("explain", "True"))
+        answer = await cancel_on_disconnect(request, target.predict(job))
         return answer_response(answer)
 
+    def healthy(self) -> bool:
+        """TorchServe's /ping: the store is ready and every custom handler has a process up."""
+        return self.service.server_ready() and (
+            self.handler_models is None or self.handler_models.healthy())
+
     async def ping(self, request: Request) -> Response:
-        healthy = self.service.server_ready()
+        healthy = self.healthy()
         return JSONResponse({"status": "Healthy" if healthy else "Unhealthy"},
                             status_code=200 if healthy else 500)
 
@@ -197,7 +214,7 @@ class TorchServeHandlers:
         if verb not in ("predict", "explain") or not model:
             raise InvalidInput(f"unknown KServe v1 verb in '{target}' (use :predict or :explain)")
         if self.handler_models is not None and model in self.handler_models:
-            return await self._custom(request, model, "")  # its envelope reads the v1 body
+            return await self._custom(request, model, "", verb)
         images = await off_loop(_v1_images, await read_body(request, self.limit))
         options = TaskOptions.parse(request.query_params, header(request, "accept") or "")
         run = self.pipelines.explain if verb == "explain" else self.pipelines.predict
@@ -286,6 +303,16 @@ class TorchServeParts:
     owns_cache_dir: bool = True
     handler_models: HandlerModels | None = None
 
+    def http_front(self, app: ASGIApp) -> ASGIApp:
+        """The HTTP app with the KServe v2 routes of custom-handler models in front."""
+        if self.handler_models is None or not self.handler_models.models:
+            return app
+        from serving.core.validation import TensorLimits
+        from serving.handlers.http import KServeFront
+
+        return KServeFront(app, self.handler_models, int(self.settings.max_request_bytes),
+                           TensorLimits.from_settings(self.settings))
+
     def grpc_hook(self, server: aio.Server) -> None:
         """Adds InferenceAPIsService and ManagementAPIsService to the gRPC server."""
         from serving.transport.torchserve_grpc import add_torchserve_services
@@ -299,7 +326,7 @@ class TorchServeParts:
             log.warning("TorchServe gRPC management service is off: --host %s is not loopback "
                         "and no --api-token-file is set", host)
         add_torchserve_services(server, self.pipelines.service, self.pipelines, self.settings,
-                                self.store if management else None)
+                                self.store if management else None, self.handler_models)
 
     def close(self) -> None:
         self.pipelines.close()
@@ -310,7 +337,8 @@ class TorchServeParts:
 
 
 def build_torchserve(service: InferenceService, settings: Settings,
-                     add_model_dir: Callable[[str, Path], None]) -> TorchServeParts:
+                     add_model_dir: Callable[[str, Path], None],
+                     metrics: Metrics | None = None) -> TorchServeParts:
     """The TorchServe dialect for one server; call before ``service.start()`` so the store's
     ``.mar`` archives (materialised here, in a private temporary folder) load with the rest."""
     from serving.archives.mar import ArchiveLimits
@@ -331,7 +359,8 @@ def build_torchserve(service: InferenceService, settings: Settings,
         archives.append(name)
     from serving.handlers.models import start_handler_models
 
-    handler_models = start_handler_models(Path(settings.model_store), cache_dir, settings)
+    handler_models = start_handler_models(Path(settings.model_store), cache_dir, settings,
+                                          metrics)
     pipelines = TaskRegistry(service, settings)
     store = ModelStoreAccess(Path(settings.model_store), cache_dir, limits=limits,
                              allow_archive_code=settings.allow_archive_code,
@@ -339,6 +368,6 @@ def build_torchserve(service: InferenceService, settings: Settings,
     return TorchServeParts(
         pipelines=pipelines, store=store,
         routes=torchserve_routes(service, pipelines, settings, handler_models),
-        management_app=create_management_app(service, settings, store),
+        management_app=create_management_app(service, settings, store, handler_models),
         archive_models=archives, cache_dir=cache_dir, settings=settings,
         owns_cache_dir=shared is None, handler_models=handler_models)
