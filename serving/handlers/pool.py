@@ -151,6 +151,15 @@ class HandlerProcess:
             os.killpg(proc.pid, signal.SIGKILL)  # the handler's own children too
         proc.wait()
 
+    def revive_if_dead(self) -> None:
+        """Start a process that died while idle again in the background (one that dies in a
+        batch is restarted by ``run``), so health checks do not wait for a request."""
+        proc = self._proc
+        if (proc is not None and proc.poll() is not None and not self._closed
+                and not self._lock.locked()):
+            threading.Thread(target=_quiet_start, args=(self,), daemon=True,
+                             name=f"restart-{self.name}").start()
+
     def ensure_started(self) -> None:
         with self._lock:
             self._ensure()
@@ -253,6 +262,8 @@ class HandlerModel:
 
     def ready(self) -> bool:
         """True while at least one handler process runs its loaded handler."""
+        for process in self.processes:
+            process.revive_if_dead()
         return any(p.status == "READY" for p in self.processes)
 
     @staticmethod
