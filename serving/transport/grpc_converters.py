@@ -31,6 +31,12 @@ from serving.core.types import (
 from serving.core.validation import DEFAULT_LIMITS, ElementBudget, TensorLimits, check_version
 from serving.errors import InvalidInput
 from serving.generated import grpc_service_pb2 as pb
+from serving.transport.buffers import output_buffer
+from serving.transport.grpc_wire import WireInferRequest, WireInferResponse
+
+# A request as the servicer receives it: parsed by protobuf, or split with its raw inputs as
+# views of the received buffer (grpc_wire).
+AnyInferRequest = pb.ModelInferRequest | WireInferRequest
 
 # Typed contents field per datatype (FP16/BF16 travel raw only, as the protocol says).
 _CONTENTS_FIELD: dict[str, str] = {
@@ -114,7 +120,7 @@ def _in_shm(params: Any) -> bool:
     return any(k in params for k in SHM_PARAMETERS)
 
 
-def infer_request_to_types(msg: pb.ModelInferRequest, limits: TensorLimits = DEFAULT_LIMITS,
+def infer_request_to_types(msg: AnyInferRequest, limits: TensorLimits = DEFAULT_LIMITS,
                            shm: ShmScope | None = None) -> InferRequest:
     """A ``ModelInferRequest`` as the neutral request; raw and typed contents never mixed.
 
@@ -124,7 +130,7 @@ def infer_request_to_types(msg: pb.ModelInferRequest, limits: TensorLimits = DEF
     """
     check_version(msg.model_name, msg.model_version)
     budget = ElementBudget(limits)
-    raw = msg.raw_input_contents
+    raw: list[bytes | memoryview] = list(msg.raw_input_contents)  # one read of each entry
     if raw and any(t.HasField("contents") for t in msg.inputs):
         raise InvalidInput("inputs must use either raw_input_contents or typed contents, not both")
     for t in msg.inputs:  # a half-given reference is named as such, before any count
@@ -184,14 +190,15 @@ INLINE_DECODE_BYTES = 32 * 1024
 
 
 async def infer_request_to_types_off_loop(
-    msg: pb.ModelInferRequest, limits: TensorLimits = DEFAULT_LIMITS,
+    msg: AnyInferRequest, limits: TensorLimits = DEFAULT_LIMITS,
     shm: ShmScope | None = None,
 ) -> InferRequest:
     """:func:`infer_request_to_types`, on a worker thread when the payload is large (BYTES and
     typed contents are converted element by element; inputs in shared memory are views and
     cost nothing)."""
-    size = sum(len(r) for r in msg.raw_input_contents)
-    if not msg.raw_input_contents:
+    raw = msg.raw_input_contents  # read once: each read of a protobuf bytes field copies it
+    size = sum(len(r) for r in raw)
+    if not raw:
         size = sum(_typed_count(t) for t in msg.inputs) * 4
     if size <= INLINE_DECODE_BYTES:
         return infer_request_to_types(msg, limits, shm)
@@ -203,17 +210,35 @@ def _typed_count(tensor: pb.ModelInferRequest.InferInputTensor) -> int:
     return len(getattr(tensor.contents, field_name)) if field_name else 0
 
 
-def infer_response_from_types(resp: InferResponse) -> pb.ModelInferResponse:
-    """The neutral response as a ``ModelInferResponse``; outputs always in raw_output_contents."""
+def _response_head(resp: InferResponse) -> pb.ModelInferResponse:
+    """The response message with its outputs described and no raw_output_contents."""
     msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
     params_from_types(msg.parameters, resp.parameters)
     for tensor in resp.outputs:
         out = msg.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        if in_region(tensor.parameters):  # in the client's region; the empty entry keeps
-            msg.raw_output_contents.append(b"")  # every later output at its own index
-        else:
+        if not in_region(tensor.parameters):  # in the client's region: no parameters (Triton)
             params_from_types(out.parameters, tensor.parameters)
-            msg.raw_output_contents.append(datatypes.array_to_raw(tensor.data, tensor.datatype))
+    return msg
+
+
+def _raw_output(tensor: Tensor) -> bytes | memoryview:
+    if in_region(tensor.parameters):  # in the client's region; the empty entry keeps
+        return b""  # every later output at its own index
+    if tensor.datatype == "BYTES":
+        return datatypes.serialize_bytes_tensor(tensor.data)
+    return output_buffer(tensor.data, datatypes.triton_to_numpy(tensor.datatype).newbyteorder("<"))
+
+
+def infer_response_to_wire(resp: InferResponse) -> WireInferResponse:
+    """The neutral response for the wire: outputs are views of the result arrays until the
+    serializer copies them, once, into the message grpc sends."""
+    return WireInferResponse(_response_head(resp), [_raw_output(t) for t in resp.outputs])
+
+
+def infer_response_from_types(resp: InferResponse) -> pb.ModelInferResponse:
+    """The neutral response as a ``ModelInferResponse``; outputs always in raw_output_contents."""
+    msg = _response_head(resp)
+    msg.raw_output_contents.extend(bytes(_raw_output(t)) for t in resp.outputs)
     return msg
 
 

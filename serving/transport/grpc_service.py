@@ -24,11 +24,13 @@ from serving.generated import grpc_service_pb2 as pb
 from serving.generated import grpc_service_pb2_grpc as pb_grpc
 from serving.generated import health_pb2, health_pb2_grpc
 from serving.logs import new_request_id, request_id_var
+from serving.store import config_message
 from serving.transport import grpc_converters as conv
 from serving.transport import traced
 from serving.transport.auth import ModelControlGate
 from serving.transport.errors import grpc_errors, grpc_status_message
 from serving.transport.grpc_tolerant import Undecodable, add_service, answers_undecodable
+from serving.transport.grpc_wire import WireInferResponse, WireStreamResponse, with_wire_codec
 from serving.transport.shared_memory import shm_gate, write_outputs_off_loop
 
 logger = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: aio.ServicerContext) -> pb.ModelConfigResponse:
         response = pb.ModelConfigResponse()
-        response.config.CopyFrom(self._service.model_config(request.name, request.version))
+        response.config.CopyFrom(config_message(self._service.model_spec(request.name, request.version)))
         return response
 
     @grpc_errors
@@ -114,11 +116,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     @traced.grpc_method("ModelInfer")
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: aio.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: conv.AnyInferRequest,
+                         context: aio.ServicerContext) -> WireInferResponse:
         with self._service.admission():  # a drain that begins now lets this call finish
             return await self._infer(request)
 
-    async def _infer(self, message: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(self, message: conv.AnyInferRequest) -> WireInferResponse:
         request_id_var.set(message.id or new_request_id())
         # Overload: UNAVAILABLE before the tensors are decoded (maybe on a worker thread).
         self._service.refuse_if_full(message.model_name, message.model_version)
@@ -129,13 +132,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if shm.has_outputs:
                 await write_outputs_off_loop(shm, response)
             with tracing.child_span("encode"):
-                return conv.infer_response_from_types(response)
+                return conv.infer_response_to_wire(response)  # outputs copied once, by grpc_wire
 
     @answers_undecodable
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest | Undecodable],
+        self, request_iterator: AsyncIterator[conv.AnyInferRequest | Undecodable],
         context: aio.ServicerContext,
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    ) -> AsyncIterator[pb.ModelStreamInferResponse | WireStreamResponse]:
         """Requests of one stream run concurrently; an error answers that request and the stream
         goes on (a message that does not decode too: its answer carries only the error).
 
@@ -147,13 +150,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         pending: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self._stream_max_inflight)
 
-        async def answer(message: pb.ModelInferRequest | Undecodable) -> None:
+        async def answer(message: conv.AnyInferRequest | Undecodable) -> None:
             if isinstance(message, Undecodable):  # one bad request of the stream
                 out.put_nowait(pb.ModelStreamInferResponse(error_message=message.message()))
                 return
+            response: pb.ModelStreamInferResponse | WireStreamResponse
             try:
                 with self._service.admission():
-                    response = pb.ModelStreamInferResponse(infer_response=await self._infer(message))
+                    response = WireStreamResponse(await self._infer(message))
             except Exception as exc:
                 response = pb.ModelStreamInferResponse(error_message=grpc_status_message(exc))
                 response.infer_response.model_name = message.model_name
@@ -189,7 +193,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         await asyncio.wait(set(pending))
                     while not out.empty():
                         item = out.get_nowait()
-                        if isinstance(item, pb.ModelStreamInferResponse):
+                        if isinstance(item, pb.ModelStreamInferResponse | WireStreamResponse):
                             yield item
                     return
                 yield item
@@ -335,7 +339,7 @@ def create_grpc_server(
     inference = InferenceServicer(service, gate, stream_max_inflight, limits)
     health = HealthServicer(service)
     # Requests that do not parse are the client's INVALID_ARGUMENT, not grpc's UNKNOWN.
-    add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, inference, server)
+    add_service(with_wire_codec(pb_grpc.add_GRPCInferenceServiceServicer_to_server), inference, server)
     add_service(health_pb2_grpc.add_HealthServicer_to_server, health, server)
 
     def begin_shutdown() -> None:

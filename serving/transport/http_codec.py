@@ -20,6 +20,7 @@ from serving.core.shm import SHM_PARAMETERS, ShmScope, in_region
 from serving.core.types import InferRequest, InferResponse, ParamValue, RequestedOutput, Tensor
 from serving.core.validation import DEFAULT_LIMITS, ElementBudget, TensorLimits
 from serving.errors import InvalidInput, PayloadTooLarge, ResponseTooLarge
+from serving.transport.buffers import output_buffer
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -361,11 +362,18 @@ def _with_fields(doc: dict[str, Any], fields: list[tuple[str, bytes]]) -> bytes:
     return head + (b"," if len(head) > 1 and tail else b"") + tail + b"}"
 
 
+def _binary_output(tensor: Tensor) -> bytes | memoryview:
+    if tensor.datatype == "BYTES":
+        return datatypes.serialize_bytes_tensor(tensor.data)
+    dtype = datatypes.triton_to_numpy(tensor.datatype).newbyteorder("<")
+    return output_buffer(tensor.data, dtype)
+
+
 def encode_infer_response(
     response: InferResponse, binary_default: bool, binary_outputs: dict[str, bool]
 ) -> tuple[bytes, int | None]:
     """The response body and, when binary outputs follow the JSON, its header length."""
-    chunks: list[bytes] = []
+    chunks: list[bytes | memoryview] = []  # views: the final join is their one copy
     outputs: list[tuple[dict[str, Any], dict[str, Any], Tensor | None]] = []
     json_elements = 0
     for tensor in response.outputs:
@@ -378,7 +386,7 @@ def encode_infer_response(
             # (Triton's C++ client reads binary_data_size from any output that has them).
             outputs.append((doc, {}, None))
         elif binary_outputs.get(tensor.name, binary_default):
-            raw = datatypes.array_to_raw(tensor.data, tensor.datatype)
+            raw = _binary_output(tensor)
             params[_BINARY_SIZE] = len(raw)
             chunks.append(raw)
             outputs.append((doc, params, None))
