@@ -105,6 +105,23 @@ def measure(plan: ex.Plan, img_dir: Path, capsnet: Path) -> dict[str, Any]:
     }
 
 
+def served_checkpoints(folder: Path) -> dict[str, Any]:
+    """The held-out accuracy each committed default checkpoint recorded when it was trained
+    with its own full recipe: what the served models score, beside this run's equal budgets."""
+    from training.checkpoint import load_checkpoint
+
+    out: dict[str, Any] = {}
+    for name in ex.MODELS:
+        path = folder / f"{name}.pt"
+        if path.is_file():
+            ckpt = load_checkpoint(path)
+            prov = ckpt.get("provenance", {})
+            out[name] = {"checkpoint": str(path),
+                         "test_accuracy": float(ckpt["metrics"]["test_accuracy"]),
+                         "epochs": prov.get("epochs"), "augment": prov.get("augment")}
+    return out
+
+
 def run(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -129,7 +146,10 @@ def run(argv: list[str] | None = None) -> int:
     speed = report.load_speed(args.speed) if args.speed else results.get("speed")
     if speed is not None:
         results["speed"] = speed
-        results_path.write_text(json.dumps(results, indent=1) + "\n")
+    served = served_checkpoints(args.capsnet.parent)
+    if served:
+        results["default_checkpoints"] = served
+    results_path.write_text(json.dumps(results, indent=1) + "\n")
     report.write(results, docs, img)
     print(f"report: {docs}\nresults: {results_path}\n"
           f"CPU time: {results['cpu_seconds']['total'] / 60:.1f} min")

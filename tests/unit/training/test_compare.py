@@ -80,3 +80,46 @@ def test_transforms_move_the_pixels() -> None:
     assert ex.rearrange(x, (3, 2, 1, 0))[0, 0, 24, 24] == 1.0
     assert torch.allclose(ex.affine(x, 0.0, 1.0), x, atol=1e-6)
     assert ex.affine(x, 90.0)[0, 0, 10, 10] < 0.5  # the pixel moved
+
+
+def _bench_json(path: Path, rates: dict[str, float]) -> Path:
+    load = [{"server": "capserve", "model": m, "client": "hey", "endpoint": "/predictions",
+             "concurrency": c, "duration_s": 8.0, "requests": 100, "errors": 0,
+             "throughput_rps": r if c == 32 else r / 2, "p50_ms": 1.5 + c, "p90_ms": 3.0,
+             "p99_ms": 4.0 + c, "mean_batch_size": 1.0 if c == 1 else 5.25,
+             "server_cpu_us": 1000.0 * (i + 1), "note": ""}
+            for i, (m, r) in enumerate(rates.items()) for c in (1, 32)]
+    path.write_text(json.dumps({"kind": "lecture_speed", "started": "t0", "load": load,
+                                "machine": {"logical_cores": 2}}))
+    return path
+
+
+def test_speed_table_and_verdict_come_from_the_bench_json(tmp_path: Path) -> None:
+    from training.compare import report, verdict
+
+    rates = {"lenet": 1000.0, "alexnet": 700.0, "vgg": 600.0, "googlenet": 500.0,
+             "capsnet": 450.0}
+    res = {"speed": report.load_speed(_bench_json(tmp_path / "b.json", rates))}
+    lines = "\n".join(report.speed(res))
+    assert "| CapsNet | 2.5 | 5.0 | 450 | 0.45 | 33.5 | 36.0 | 5.2 | 5.00 | 0 |" in lines
+    assert "| LeNet-5 | 2.5 | 5.0 | 1000 | 1.00 |" in lines
+    name, why = verdict.speed(res)
+    # 0.45x LeNet, 0.9x the slowest CNN (googlenet): partly held
+    assert name == "partly held" and "0.45x LeNet (1000)" in why and "googlenet (500)" in why
+    rates["capsnet"] = 300.0
+    res = {"speed": report.load_speed(_bench_json(tmp_path / "c.json", rates))}
+    assert verdict.speed(res)[0] == "not held"
+
+
+def test_a_lead_inside_the_seed_spread_is_not_a_held_claim() -> None:
+    from training.compare import verdict
+
+    def row(mean: float, std: float) -> dict[str, float]:
+        return {"mean": mean, "std": std}
+
+    few = {n: {"1": row(0.10, 0.0), "5": row(0.30, 0.01)} for n in verdict.CNNS}
+    few["lenet"] = {"1": row(0.479, 0.007), "5": row(0.727, 0.02)}
+    few["capsnet"] = {"1": row(0.482, 0.026), "5": row(0.729, 0.033)}
+    assert verdict.few_examples({"few_examples": few})[0] == "partly held"
+    few["capsnet"] = {"1": row(0.60, 0.01), "5": row(0.80, 0.01)}
+    assert verdict.few_examples({"few_examples": few})[0] == "held"
