@@ -1,5 +1,6 @@
-"""The inference routes are taken straight; everything else, and the wrong method on a hot path,
-still goes through the full app (its 404/405 answers, its other routes)."""
+"""The inference routes answer with their path parameters, query and body intact; everything
+else, and the wrong method on a hot path, still gets the full app's answers (its 404/405
+handlers, its other routes)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from serving.transport.hot_routes import HotRoutes
 async def _echo(request: Request) -> Response:
     body = await request.body()
     return JSONResponse({"params": request.path_params, "bytes": len(body),
-                         "middleware": "starlette.exception_handlers" in request.scope})
+                         "method": request.method, "query": dict(request.query_params),
+                         "header": request.headers.get("x-trace", "")})
 
 
 async def _health(request: Request) -> Response:
@@ -37,21 +39,23 @@ def _calls(*calls: tuple[str, str]) -> list[httpx.Response]:
               Route("/v2/health/live", _health, methods=["GET"])]
     app = HotRoutes(Starlette(routes=routes, exception_handlers={HTTPException: _not_found}),
                     routes)
-    assert len(app.hot) == 3
-
     async def main() -> list[httpx.Response]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://t") as client:
-            return [await client.request(method, url, content=b"abc") for method, url in calls]
+            return [await client.request(method, url, content=b"abc", headers={"x-trace": "t1"})
+                    for method, url in calls]
 
     return asyncio.run(main())
 
 
-def test_hot_routes_bypass_the_middleware_with_their_path_parameters() -> None:
-    one, two, v2 = _calls(("POST", "/predictions/lenet"), ("PUT", "/predictions/lenet/2"),
+def test_inference_routes_get_their_path_parameters_query_and_body() -> None:
+    one, two, v2 = _calls(("POST", "/predictions/lenet?topk=2"), ("PUT", "/predictions/lenet/2"),
                           ("POST", "/v2/models/unet/infer"))
-    assert one.json() == {"params": {"model": "lenet"}, "bytes": 3, "middleware": False}
+    assert one.status_code == 200
+    assert one.json() == {"params": {"model": "lenet"}, "bytes": 3, "method": "POST",
+                          "query": {"topk": "2"}, "header": "t1"}
     assert two.json()["params"] == {"model": "lenet", "version": "2"}
+    assert two.json()["method"] == "PUT"
     assert v2.json()["params"] == {"model": "unet"}
 
 
