@@ -90,6 +90,19 @@ class HostCheck:
         )
 
 
+def check_bearer(authorization: str | None, token: str | None, missing: str) -> None:
+    """Raise ``Unauthenticated`` unless ``authorization`` is ``Bearer <token>``; no token
+    (None) lets every call through. ``missing`` is the error for a call without one."""
+    if token is None:
+        return
+    scheme, _, credential = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not credential:
+        raise Unauthenticated(missing)
+    # Constant-time comparison: the token must not leak through response timing.
+    if not hmac.compare_digest(credential.strip().encode(), token.encode()):
+        raise Unauthenticated("invalid API token")
+
+
 class ModelControlGate:
     def __init__(self, enabled: bool, token: str | None, allowed_hosts: Iterable[str] = ()) -> None:
         self.enabled = enabled
@@ -109,11 +122,5 @@ class ModelControlGate:
             raise PermissionDenied(
                 "model control is disabled; start the server with --enable-model-control"
             )
-        if self._token is None:
-            return
-        scheme, _, credential = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not credential:
-            raise Unauthenticated("model control requires 'authorization: Bearer <token>'")
-        # Constant-time comparison: the token must not leak through response timing.
-        if not hmac.compare_digest(credential.strip().encode(), self._token.encode()):
-            raise Unauthenticated("invalid API token")
+        check_bearer(authorization, self._token,
+                     "model control requires 'authorization: Bearer <token>'")
