@@ -11,13 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
-from grpc import aio
 from prometheus_client import CollectorRegistry, generate_latest
-from starlette.applications import Starlette
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import tracing
@@ -32,47 +28,11 @@ from serving.transport.grpc_service import create_grpc_server
 from serving.transport.http_app import create_http_app
 from serving.transport.http_listener import HttpListener, Listener
 from serving.transport.metrics_http import create_metrics_app
+from serving.transport.torchserve.dialect import TorchServeDialect, build_torchserve
 
 logger = logging.getLogger(__name__)
 
 SERVER_VERSION = "0.1.0"
-
-
-@dataclass
-class Extensions:
-    """Extension point for the TorchServe dialect and the management API (wired by the lead).
-
-    ``http_routes`` join the v2 routes on the HTTP port; ``grpc_hooks`` are called with the
-    gRPC server before it starts (e.g. ``add_torchserve_services(server, ...)``);
-    ``management_app`` is served on ``settings.management_host:management_port``.
-    """
-
-    http_routes: Sequence[BaseRoute] = ()
-    grpc_hooks: list[Callable[[aio.Server], None]] = field(default_factory=list)
-    management_app: Starlette | None = None
-    closers: list[Callable[[], None]] = field(default_factory=list)
-    http_front: Callable[[ASGIApp], ASGIApp] | None = None  # wraps the HTTP app
-
-
-def default_extensions(
-    service: InferenceService, settings: Settings, repository: ModelRepository,
-    metrics: Metrics | None = None,
-) -> Extensions:
-    """The TorchServe dialect: its routes on the HTTP port, its gRPC services, the management app.
-
-    Built before the store loads, because it materialises the store's ``.mar`` archives into
-    model directories that the repository then loads with the rest.
-    """
-    from serving.transport.torchserve_http import build_torchserve
-
-    parts = build_torchserve(service, settings, repository.add_model_dir, metrics)
-    return Extensions(
-        http_routes=parts.routes,
-        grpc_hooks=[parts.grpc_hook],
-        management_app=parts.management_app,
-        closers=[parts.close],
-        http_front=parts.http_front,
-    )
 
 
 class Server:
@@ -81,7 +41,7 @@ class Server:
         settings: Settings,
         service: InferenceService,
         registry: CollectorRegistry,
-        extensions: Extensions,
+        torchserve: TorchServeDialect,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
@@ -100,10 +60,10 @@ class Server:
         worker = settings.worker_id >= 0
         self.exposition: Callable[[], bytes] = (
             metrics.exposition if metrics is not None else lambda: generate_latest(registry))
-        inner = create_http_app(service, settings, extensions.http_routes, gate=gate)
-        if extensions.http_front is not None:
-            inner = extensions.http_front(inner)
-        http_app: ASGIApp = Admission(inner, service, metrics)
+        # The TorchServe routes join the v2 routes; its custom-handler models' v2 routes go
+        # in front of them (a name either dialect serves answers the same on both).
+        http_app: ASGIApp = Admission(torchserve.http_front(
+            create_http_app(service, settings, torchserve.routes, gate=gate)), service, metrics)
         if worker:
             http_app = WorkerHeader(http_app, settings.worker_id)
         concurrency = settings.http_max_concurrency
@@ -113,23 +73,19 @@ class Server:
             "metrics", create_metrics_app(self.exposition), settings.host, settings.metrics_port,
             grace,
         )
-        self._management = (
-            HttpListener("management", Admission(extensions.management_app, None, metrics),
-                         settings.management_host,
-                         settings.management_port, grace, reuse_port=worker,
-                         limit_concurrency=concurrency)
-            if extensions.management_app is not None else None
-        )
+        self._management = HttpListener(
+            "management", Admission(torchserve.management_app, None, metrics),
+            settings.management_host, settings.management_port, grace, reuse_port=worker,
+            limit_concurrency=concurrency)
         self._grpc, self._grpc_begin_shutdown = create_grpc_server(
             service, gate, settings.grpc_max_message_bytes, reuse_port=worker,
             stream_max_inflight=settings.grpc_stream_max_inflight,
             limits=TensorLimits.from_settings(settings),
         )
-        for hook in extensions.grpc_hooks:
-            hook(self._grpc)
+        torchserve.add_grpc_services(self._grpc)
         self._grpc_started = False
         self._stopping = False
-        self._closers = list(extensions.closers)
+        self._torchserve = torchserve
 
     async def start(self) -> None:
         """Bind every listener, then load the model store (liveness answers meanwhile)."""
@@ -146,8 +102,7 @@ class Server:
         self.listeners = [await self._http.start(), Listener("gRPC", f"{grpc_host}:{port}")]
         if self._metrics is not None:
             self.listeners.append(await self._metrics.start())
-        if self._management is not None:
-            self.listeners.append(await self._management.start())
+        self.listeners.append(await self._management.start())
 
     async def load_models(self) -> None:
         """Load every model of the store; failures are logged per model and the rest serve."""
@@ -173,8 +128,7 @@ class Server:
         if self._grpc_started:
             self._grpc_begin_shutdown()
             stops.append(self._grpc.stop(grace))
-        if self._management is not None:
-            stops.append(self._management.stop())
+        stops.append(self._management.stop())
         try:
             results = await asyncio.wait_for(asyncio.gather(*stops, return_exceptions=True), grace + 5)
             for result in results:
@@ -184,11 +138,10 @@ class Server:
             logger.error("drain did not finish within the grace period; closing anyway")
         logger.info("drained: %d requests still in flight", self._inflight())
         await self.service.close()
-        for close in self._closers:
-            try:
-                close()
-            except Exception:
-                logger.exception("error while closing an extension")
+        try:
+            self._torchserve.close()
+        except Exception:
+            logger.exception("error while closing the TorchServe dialect")
         tracing.shutdown()  # flush the spans of the drained requests
         # Metrics last: a scraper can watch the drain until the very end.
         if self._metrics is not None:
@@ -249,8 +202,7 @@ class WorkerHeader:
 
 
 def build_server(
-    settings: Settings, extensions: Extensions | None = None,
-    service_class: type[InferenceService] = InferenceService,
+    settings: Settings, service_class: type[InferenceService] = InferenceService,
 ) -> Server:
     """Create the registry, metrics, repository, core service and the transports (binds nothing)."""
     if not tracing.active():
@@ -262,6 +214,7 @@ def build_server(
     repository = ModelRepository(settings.model_store, device=settings.device,
                                  limits=ServiceLimits.from_settings(settings))
     service = service_class(repository, metrics, server_version=SERVER_VERSION)
-    if extensions is None:
-        extensions = default_extensions(service, settings, repository, metrics)
-    return Server(settings, service, registry, extensions, metrics=metrics)
+    # Built before the store loads: it materialises the store's ``.mar`` archives into model
+    # directories that the repository then loads with the rest.
+    torchserve = build_torchserve(service, settings, repository.add_model_dir, metrics)
+    return Server(settings, service, registry, torchserve, metrics=metrics)

@@ -30,7 +30,7 @@ from serving.transport.disconnect import cancel_on_disconnect
 from serving.transport.http_app import read_body
 from serving.transport.http_codec import check_json_values, parse_json_body
 from serving.transport.multipart import parse_form
-from serving.transport.torchserve_common import guard, model_version
+from serving.transport.torchserve.common import guard, model_version
 
 if TYPE_CHECKING:
     from serving.handlers.models import HandlerModels

@@ -156,7 +156,7 @@ async def dialect(store: Path, **settings_kw: Any) -> AsyncIterator[Dialect]:
     from serving.core.repository import ModelRepository
     from serving.core.service import InferenceService
     from serving.settings import Settings
-    from serving.transport.torchserve_http import build_torchserve
+    from serving.transport.torchserve.dialect import build_torchserve
 
     settings = Settings(model_store=store, device="cpu", image_workers=2, **settings_kw)
     repository = ModelRepository(store, device="cpu")

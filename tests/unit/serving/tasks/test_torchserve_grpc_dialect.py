@@ -28,7 +28,7 @@ def test_grpc_ping_predictions_streams_and_management(image_store: Path, tmp_pat
     async def scenario() -> None:
         async with dialect(image_store, api_token_file=token_file) as d:
             server = aio.server()
-            d.parts.grpc_hook(server)
+            d.parts.add_grpc_services(server)
             port = server.add_insecure_port("127.0.0.1:0")
             await server.start()
             try:

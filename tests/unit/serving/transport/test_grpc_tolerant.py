@@ -20,8 +20,8 @@ from serving.generated import torchserve_management_pb2_grpc as mgmt_grpc
 from serving.transport.auth import ModelControlGate
 from serving.transport.grpc_service import create_grpc_server
 from serving.transport.grpc_tolerant import add_service, tolerant_handler
-from serving.transport.management_grpc import TorchServeManagement
-from serving.transport.torchserve_grpc import TorchServeInference
+from serving.transport.torchserve.inference_grpc import TorchServeInference
+from serving.transport.torchserve.management_grpc import TorchServeManagement
 
 # A length prefix far past the end of the message, and a field of wire type 7 (none exists).
 LYING_LENGTH = b"\n\xff\xff\xff\xff\x0fxxxxxxxxxx"

@@ -16,7 +16,7 @@ from serving.generated import torchserve_management_pb2 as pb
 from serving.generated import torchserve_management_pb2_grpc as pb_grpc
 from serving.transport.errors import grpc_errors
 from serving.transport.grpc_tolerant import add_service
-from serving.transport.management_http import ManagementOps, check_token
+from serving.transport.torchserve.management import ManagementOps, check_token
 
 if TYPE_CHECKING:
     from serving.archives.store import ModelStoreAccess

@@ -4,6 +4,8 @@
 multipart fields ``data``: several images give a JSON list in order), ``/explanations/...``,
 KServe v1 ``/v1/models/{model}:predict`` (base64 images), ``/api-description`` and ``OPTIONS /``.
 Errors are TorchServe's JSON ``{"code", "type", "message"}`` with the status of the one error table.
+Custom-handler models (``serving.handlers``) answer on the same routes; a client that hangs up
+cancels its queued request on every route.
 """
 
 from __future__ import annotations
@@ -13,33 +15,25 @@ import base64
 import binascii
 import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from grpc import aio
-from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
 
 from serving.errors import InvalidInput
+from serving.handlers.http import answer_response, handler_request, v1_body
 from serving.tasks.options import TaskOptions
 from serving.tasks.registry import TaskResult
 from serving.transport import traced
 from serving.transport.disconnect import cancel_on_disconnect
 from serving.transport.http_app import header, read_body
 from serving.transport.multipart import parse_form
-from serving.transport.torchserve_common import guard, model_version
+from serving.transport.torchserve.common import guard, model_version
 
 if TYPE_CHECKING:
-    from serving.archives.store import ModelStoreAccess
-    from serving.core.metrics import Metrics
     from serving.core.service import InferenceService
     from serving.handlers.models import HandlerModels
     from serving.settings import Settings
@@ -162,8 +156,6 @@ class TorchServeHandlers:
 
     async def _custom(self, request: Request, model: str, version: str,
                       verb: str = "") -> Response:
-        from serving.handlers.http import answer_response, handler_request, v1_body
-
         assert self.handler_models is not None
         target = self.handler_models.model(model, model_version(version))  # 404 first
         envelope = target.spec.envelope
@@ -287,87 +279,3 @@ def torchserve_routes(service: InferenceService, pipelines: TaskRegistry,
         Route("/api-description", guard(h.api_description), methods=["GET"]),
         Route("/", guard(h.api_description), methods=["OPTIONS"]),
     ]
-
-
-@dataclass
-class TorchServeParts:
-    """Everything of the TorchServe dialect, built once per server (see ``build_torchserve``)."""
-
-    pipelines: TaskRegistry
-    store: ModelStoreAccess
-    routes: list[BaseRoute]
-    management_app: Starlette
-    archive_models: list[str]
-    cache_dir: Path
-    settings: Settings
-    owns_cache_dir: bool = True
-    handler_models: HandlerModels | None = None
-
-    def http_front(self, app: ASGIApp) -> ASGIApp:
-        """The HTTP app with the KServe v2 routes of custom-handler models in front."""
-        if self.handler_models is None or not self.handler_models.models:
-            return app
-        from serving.core.validation import TensorLimits
-        from serving.handlers.http import KServeFront
-
-        return KServeFront(app, self.handler_models, int(self.settings.max_request_bytes),
-                           TensorLimits.from_settings(self.settings))
-
-    def grpc_hook(self, server: aio.Server) -> None:
-        """Adds InferenceAPIsService and ManagementAPIsService to the gRPC server."""
-        from serving.transport.torchserve_grpc import add_torchserve_services
-
-        # The management service shares the inference gRPC port, which may face the network
-        # (--host); without a token it is only offered while that port stays on loopback.
-        host = self.settings.host
-        local = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
-        management = local or self.settings.api_token_file is not None
-        if not management:
-            log.warning("TorchServe gRPC management service is off: --host %s is not loopback "
-                        "and no --api-token-file is set", host)
-        add_torchserve_services(server, self.pipelines.service, self.pipelines, self.settings,
-                                self.store if management else None, self.handler_models)
-
-    def close(self) -> None:
-        self.pipelines.close()
-        if self.handler_models is not None:
-            self.handler_models.close()
-        if self.owns_cache_dir:
-            shutil.rmtree(self.cache_dir, ignore_errors=True)
-
-
-def build_torchserve(service: InferenceService, settings: Settings,
-                     add_model_dir: Callable[[str, Path], None],
-                     metrics: Metrics | None = None) -> TorchServeParts:
-    """The TorchServe dialect for one server; call before ``service.start()`` so the store's
-    ``.mar`` archives (materialised here, in a private temporary folder) load with the rest."""
-    from serving.archives.mar import ArchiveLimits
-    from serving.archives.materialize import materialize_archives
-    from serving.archives.store import ModelStoreAccess
-    from serving.tasks.registry import TaskRegistry
-    from serving.transport.management_http import create_management_app
-
-    # Under a supervisor the archives are already materialised in its folder (made once, never
-    # raced by the workers); this process only reads them and must not remove the folder.
-    shared = settings.archive_cache_dir
-    cache_dir = shared if shared is not None else Path(tempfile.mkdtemp(prefix="capserve-mar-"))
-    limits = ArchiveLimits()
-    archives = []
-    for name, model_dir in materialize_archives(Path(settings.model_store), cache_dir, limits,
-                                                settings.allow_archive_code):
-        add_model_dir(name, model_dir)
-        archives.append(name)
-    from serving.handlers.models import start_handler_models
-
-    handler_models = start_handler_models(Path(settings.model_store), cache_dir, settings,
-                                          metrics)
-    pipelines = TaskRegistry(service, settings)
-    store = ModelStoreAccess(Path(settings.model_store), cache_dir, limits=limits,
-                             allow_archive_code=settings.allow_archive_code,
-                             add_model_dir=add_model_dir)
-    return TorchServeParts(
-        pipelines=pipelines, store=store,
-        routes=torchserve_routes(service, pipelines, settings, handler_models),
-        management_app=create_management_app(service, settings, store, handler_models),
-        archive_models=archives, cache_dir=cache_dir, settings=settings,
-        owns_cache_dir=shared is None, handler_models=handler_models)

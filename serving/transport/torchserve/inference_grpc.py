@@ -3,7 +3,7 @@
 Ping, Predictions, StreamPredictions (one answer per call, as a stream of one) and
 StreamPredictions2 (many requests on one call; a failed request answers with ``status`` and the
 call goes on). The image goes in ``input["data"]``; other keys are the options (``topk``...).
-The management service is added beside it (``management_grpc``) when a store access is given.
+Custom-handler models answer on the same calls.
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ from serving.errors import (
 from serving.generated import torchserve_inference_pb2 as pb
 from serving.generated import torchserve_inference_pb2_grpc as pb_grpc
 from serving.generated.google.rpc import status_pb2
+from serving.handlers.pool import HandlerRequest, Param
+from serving.logs import new_request_id
 from serving.tasks.options import TaskOptions
 from serving.transport import traced
 from serving.transport.errors import classify, grpc_errors
 from serving.transport.grpc_tolerant import Undecodable, add_service, answers_undecodable
-from serving.transport.torchserve_common import model_version
+from serving.transport.torchserve.common import model_version
 
 if TYPE_CHECKING:
-    from serving.archives.store import ModelStoreAccess
     from serving.core.service import InferenceService
     from serving.handlers.models import HandlerModels
-    from serving.settings import Settings
     from serving.tasks.registry import TaskRegistry
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,6 @@ class TorchServeInference(pb_grpc.InferenceAPIsServiceServicer):
     async def _custom(self, request: pb.PredictionsRequest) -> bytes:
         """A custom-handler model: every input entry is one parameter of the request, as
         bytes (TorchServe's gRPC front gives them no content type)."""
-        from serving.handlers.pool import HandlerRequest, Param
-        from serving.logs import new_request_id
-
         assert self.handler_models is not None
         model = self.handler_models.model(request.model_name,
                                           model_version(request.model_version))
@@ -149,14 +146,9 @@ class TorchServeInference(pb_grpc.InferenceAPIsServiceServicer):
                     code=mapping.grpc_status.value[0], message=message))
 
 
-def add_torchserve_services(server: aio.Server, service: InferenceService,
-                            pipelines: TaskRegistry, settings: Settings,
-                            store: ModelStoreAccess | None = None,
-                            handler_models: HandlerModels | None = None) -> None:
-    """InferenceAPIsService, and ManagementAPIsService when ``store`` is given."""
+def add_inference_service(server: aio.Server, service: InferenceService,
+                          pipelines: TaskRegistry,
+                          handler_models: HandlerModels | None = None) -> None:
+    """TorchServe's InferenceAPIsService on the gRPC server."""
     add_service(pb_grpc.add_InferenceAPIsServiceServicer_to_server,
                 TorchServeInference(service, pipelines, handler_models), server)
-    if store is not None:
-        from serving.transport.management_grpc import add_management_service
-
-        add_management_service(server, service, settings, store, handler_models)
