@@ -50,6 +50,17 @@ def digits() -> list[tuple[int, bytes]]:
 
 
 @pytest.mark.parametrize("model", LECTURE)
+def test_checkpoint_report_holds_a_passing_held_out_gate(model: str) -> None:
+    from training.defaults import DEFAULT_MODELS
+
+    spec = next(m for m in DEFAULT_MODELS if m.name == model)
+    ckpt = load_checkpoint(CHECKPOINTS / f"{model}.pt")
+    assert ckpt["provenance"]["data"] == "mnist5k" and ckpt["provenance"]["dry_run"] is False
+    assert "test_accuracy" in ckpt["metrics"]  # measured on the held-out half
+    assert spec.passed(ckpt["metrics"]), (model, ckpt["metrics"])
+
+
+@pytest.mark.parametrize("model", LECTURE)
 def test_export_passes_the_parity_gate_and_writes_the_pipeline_parameters(
         default_store: Path, model: str) -> None:
     for entry, artifact in ((model, "model.onnx"), (f"{model}_torchscript", "model.pt")):
