@@ -62,12 +62,54 @@ def test_model_config(flavour: str, client: Any) -> None:
         assert cfg["input"][0]["is_shape_tensor"] is False
 
 
+def _typed_infer(server: ServerProcess, model: str, inputs: dict[str, tuple[np.ndarray, str]],
+                 outputs: list[str] | None = None, request_id: str = "") -> pb.ModelInferResponse:
+    """A gRPC ModelInfer with typed ``contents``: the protocol's non-raw form, which
+    tritonclient.grpc never sends (it always fills ``raw_input_contents``)."""
+    req = pb.ModelInferRequest(model_name=model, id=request_id)
+    for name, (arr, datatype) in inputs.items():
+        tensor = req.inputs.add(name=name, datatype=datatype, shape=list(arr.shape))
+        if datatype == "BYTES":
+            tensor.contents.bytes_contents.extend(arr.reshape(-1).tolist())
+        else:
+            tensor.contents.int_contents.extend(int(v) for v in arr.reshape(-1))
+    for name in outputs or []:
+        req.outputs.add(name=name)
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        return pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req)
+
+
+def _raw_output(resp: pb.ModelInferResponse, name: str, dtype: str) -> np.ndarray:
+    index = [o.name for o in resp.outputs].index(name)
+    shape = [int(d) for d in resp.outputs[index].shape]
+    return np.frombuffer(resp.raw_output_contents[index], dtype).reshape(shape)
+
+
+def _bytes_output(raw: bytes) -> list[bytes]:
+    """BYTES elements of a raw output: each a 4-byte little-endian length, then its bytes."""
+    items, at = [], 0
+    while at < len(raw):
+        size = int.from_bytes(raw[at:at + 4], "little")
+        items.append(raw[at + 4:at + 4 + size])
+        at += 4 + size
+    return items
+
+
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_infer_two_inputs_and_output_subsets(flavour: str, client: Any, binary: bool) -> None:
-    if flavour == "grpc" and not binary:
-        pytest.skip("tritonclient.grpc always sends raw_input_contents")
+def test_infer_two_inputs_and_output_subsets(flavour: str, client: Any, binary: bool,
+                                             v2_server: ServerProcess) -> None:
     a = np.arange(32, dtype=np.int32).reshape(2, 16)
     b = np.full((2, 16), 3, dtype=np.int32)
+    if flavour == "grpc" and not binary:
+        typed = {"INPUT0": (a, "INT32"), "INPUT1": (b, "INT32")}
+        resp = _typed_infer(v2_server, "simple", typed, request_id="req-7")
+        assert resp.id == "req-7" and [o.name for o in resp.outputs] == ["OUTPUT0", "OUTPUT1"]
+        np.testing.assert_array_equal(_raw_output(resp, "OUTPUT0", "<i4"), a + b)
+        np.testing.assert_array_equal(_raw_output(resp, "OUTPUT1", "<i4"), a - b)
+        only = _typed_infer(v2_server, "simple", typed, outputs=["OUTPUT1"])
+        assert [o.name for o in only.outputs] == ["OUTPUT1"]
+        np.testing.assert_array_equal(_raw_output(only, "OUTPUT1", "<i4"), a - b)
+        return
     inputs = [make_input(flavour, "INPUT0", a, "INT32", binary), make_input(flavour, "INPUT1", b, "INT32", binary)]
     result = client.infer("simple", inputs, request_id="req-7")
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
@@ -93,11 +135,14 @@ def test_grpc_typed_contents(v2_server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_bytes_tensors(flavour: str, client: Any, binary: bool) -> None:
-    if flavour == "grpc" and not binary:
-        pytest.skip("tritonclient.grpc always sends raw_input_contents")
+def test_bytes_tensors(flavour: str, client: Any, binary: bool, v2_server: ServerProcess) -> None:
     words = [b"hello", "caf\u00e9 \u2603".encode(), b""]
     arr = np.array(words, dtype=object).reshape(-1, 1)
+    if flavour == "grpc" and not binary:
+        resp = _typed_infer(v2_server, "strings", {"INPUT0": (arr, "BYTES")}, outputs=["OUTPUT0"])
+        assert resp.outputs[0].datatype == "BYTES"
+        assert _bytes_output(resp.raw_output_contents[0]) == words
+        return
     out = client.infer("strings", [make_input(flavour, "INPUT0", arr, "BYTES", binary)],
                        outputs=[make_output(flavour, "OUTPUT0", binary)])
     got = out.as_numpy("OUTPUT0").reshape(-1).tolist()
