@@ -23,6 +23,9 @@ from serving.errors import InvalidInput, PayloadTooLarge
 log = logging.getLogger(__name__)
 MANIFEST_PATH = "MAR-INF/MANIFEST.json"
 TASK_FILE = "capserve_task.json"
+# Keys of capserve_task.json that describe the tensors and batching; every other key is a
+# config.pbtxt parameter.
+NOT_PARAMETERS = ("inputs", "outputs", "max_batch_size", "name", "labels")
 # Handler names served by the built-in pipelines (TorchServe's default handlers map to ours).
 BUILTIN_HANDLERS = {
     "capserve_handler.py": "", "capserve_handler": "",

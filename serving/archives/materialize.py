@@ -22,8 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import text_format
+
 from serving.archives.mar import (
     BUILTIN_HANDLERS,
+    NOT_PARAMETERS,
     TASK_FILE,
     ArchiveError,
     ArchiveLimits,
@@ -33,10 +36,10 @@ from serving.archives.mar import (
 )
 from serving.archives.task_doc import check_task_document
 from serving.errors import ServingError
+from serving.generated import model_config_pb2 as pb
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_NOT_PARAMETERS = ("inputs", "outputs", "max_batch_size", "name", "labels")
 _IMAGENET = {"mean": "0.485,0.456,0.406", "std": "0.229,0.224,0.225"}
 
 
@@ -235,21 +238,29 @@ def _dtype(value: Any) -> str:
     return f"TYPE_{text}"
 
 
-def _tensor(kind: str, spec: dict[str, Any], label_file: bool) -> str:
-    dims = ", ".join(str(int(d)) for d in spec.get("dims", spec.get("shape", [])))
-    extra = ' label_filename: "labels.txt"' if label_file else ""
-    if spec.get("format"):
-        if spec["format"] not in _FORMATS:
-            raise ArchiveError(f"{TASK_FILE}: unknown tensor format {spec['format']!r}")
-        extra = f' format: {spec["format"]}' + extra
-    return (f'{kind} {{ name: {json.dumps(str(spec["name"]))} data_type: '
-            f'{_dtype(spec.get("data_type", spec.get("datatype")))} dims: [{dims}]{extra} }}')
+def _dims(spec: dict[str, Any]) -> list[int]:
+    return [int(d) for d in spec.get("dims", spec.get("shape", []))]
+
+
+def _input(spec: dict[str, Any]) -> pb.ModelInput:
+    fmt = str(spec.get("format") or "FORMAT_NONE")
+    if fmt not in _FORMATS:
+        raise ArchiveError(f"{TASK_FILE}: unknown tensor format {spec['format']!r}")
+    return pb.ModelInput(name=str(spec["name"]), dims=_dims(spec), format=fmt,
+                         data_type=_dtype(spec.get("data_type", spec.get("datatype"))))
+
+
+def _output(spec: dict[str, Any], label_file: bool) -> pb.ModelOutput:
+    return pb.ModelOutput(name=str(spec["name"]), dims=_dims(spec),
+                          data_type=_dtype(spec.get("data_type", spec.get("datatype"))),
+                          label_filename="labels.txt" if label_file else "")
 
 
 def config_text(name: str, platform: str, task: dict[str, Any], has_labels: bool,
                 batching: Mapping[str, int] | None = None) -> str:
-    """config.pbtxt (protobuf text format) with the project's default batching, or the
-    ``batching`` values given (a model without a batch dimension keeps none)."""
+    """config.pbtxt (the ModelConfig message in protobuf text format, as export writes it) with
+    the project's default batching, or the ``batching`` values given (a model without a batch
+    dimension keeps none)."""
     batching = batching or {}
     try:
         inputs, outputs = task["inputs"], task["outputs"]
@@ -258,23 +269,21 @@ def config_text(name: str, platform: str, task: dict[str, Any], has_labels: bool
         raise ArchiveError(f"{TASK_FILE} lacks inputs/outputs/max_batch_size ({exc})") from None
     if max_batch > 0 and batching.get("max_batch_size"):
         max_batch = int(batching["max_batch_size"])
-    delay = int(batching.get("max_queue_delay_microseconds", 2000))
-    instances = max(1, int(batching.get("instances", 1)))
-    kind = str(task.get("task", ""))
-    label_output = {"classification": 0, "capsule_classification": "lengths"}.get(kind)
-    lines = [f"name: {json.dumps(name)}", f"platform: {json.dumps(platform)}",
-             f"max_batch_size: {max_batch}"]
-    lines += [_tensor("input", i, False) for i in inputs]
+    cfg = pb.ModelConfig(name=name, platform=platform, max_batch_size=max_batch)
+    cfg.input.extend(_input(i) for i in inputs)
+    label_output = {"classification": 0, "capsule_classification": "lengths"}.get(
+        str(task.get("task", "")))
     for idx, out in enumerate(outputs):
         # The classifying output points at labels.txt (Triton's classification extension).
         wants_labels = has_labels and (bool(out.get("label_filename"))
                                        or label_output in (idx, out.get("name")))
-        lines.append(_tensor("output", out, wants_labels))
+        cfg.output.append(_output(out, wants_labels))
     if max_batch > 0:
-        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {delay} }}")
-    lines.append(f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]")
+        delay = int(batching.get("max_queue_delay_microseconds", 2000))
+        cfg.dynamic_batching.max_queue_delay_microseconds = delay
+    cfg.instance_group.add(count=max(1, int(batching.get("instances", 1))),
+                           kind=pb.ModelInstanceGroup.KIND_CPU)
     for key, value in task.items():
-        if key not in _NOT_PARAMETERS and not isinstance(value, dict | list):
-            lines.append(f"parameters {{ key: {json.dumps(str(key))} value: {{ string_value: "
-                         f"{json.dumps(str(value))} }} }}")
-    return "\n".join(lines) + "\n"
+        if key not in NOT_PARAMETERS and not isinstance(value, dict | list):
+            cfg.parameters[str(key)].string_value = str(value)
+    return text_format.MessageToString(cfg)
