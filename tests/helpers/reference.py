@@ -57,8 +57,9 @@ def preprocess(params: dict[str, str], image: bytes) -> np.ndarray:
     else:
         longest, limit = max(picture.size), int(params.get("max_side", "0"))
         if limit and longest > limit:
-            picture = picture.resize(tuple(max(1, round(s * limit / longest))
-                                           for s in picture.size), Image.Resampling.BILINEAR)
+            width, height = picture.size
+            scaled = (max(1, round(width * limit / longest)), max(1, round(height * limit / longest)))
+            picture = picture.resize(scaled, Image.Resampling.BILINEAR)
     pixels = np.asarray(picture, dtype=np.float64) / 255.0
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     mean, std = _floats(params["mean"]), _floats(params["std"])
