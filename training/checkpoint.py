@@ -37,8 +37,7 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def save_checkpoint(
-    path: str | os.PathLike[str],
+def build_checkpoint(
     *,
     arch: str,
     arch_kwargs: Mapping[str, Any],
@@ -48,10 +47,12 @@ def save_checkpoint(
     state_dict: Mapping[str, torch.Tensor],
     metrics: Mapping[str, float],
     provenance: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Validate and write a checkpoint atomically; returns the dict written.
+    """The validated checkpoint dict (what ``save_checkpoint`` writes).
 
-    ``provenance`` gains ``versions`` and ``created`` when absent.
+    ``provenance`` gains ``versions`` and ``created`` when absent; ``extra`` adds keys outside
+    the contract (``optimizer`` for resuming), which loading ignores.
     """
     prov = dict(provenance)
     prov.setdefault("versions", versions())
@@ -66,8 +67,16 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
         "metrics": {k: float(v) for k, v in metrics.items()},
         "provenance": _plain(prov, "provenance"),
+        **dict(extra or {}),
     }
     validate(ckpt)
+    return ckpt
+
+
+def save_checkpoint(path: str | os.PathLike[str], **fields: Any) -> dict[str, Any]:
+    """Build (see ``build_checkpoint``) and write a checkpoint atomically: a temporary file
+    renamed over the target, so a crash never leaves half a checkpoint; returns the dict."""
+    ckpt = build_checkpoint(**fields)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")

@@ -20,7 +20,7 @@ import torch
 
 from training import data as datasets
 from training import loaders
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from training.engine import (
     CapsuleTask,
     SegmentationTask,
@@ -277,18 +277,11 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         arch=args.arch, arch_kwargs=kwargs, task=spec.task, labels=list(ds.labels),
         input_spec=input_spec, state_dict=model.state_dict(), metrics=metrics,
         provenance=provenance)
-    if out is None:
-        from training.checkpoint import validate
-
-        ckpt = {"format": "capserve-checkpoint", "format_version": 1, **ckpt_args,
-                "input": input_spec}
-        del ckpt["input_spec"]
-        validate(ckpt)
-        return ckpt
-    ckpt = save_checkpoint(out, **ckpt_args)
     if args.save_optimizer:
-        ckpt["optimizer"] = optimizer.state_dict()
-        torch.save(ckpt, out)
+        ckpt_args["extra"] = {"optimizer": optimizer.state_dict()}
+    if out is None:  # the dry run builds the real checkpoint and writes nothing
+        return build_checkpoint(**ckpt_args)
+    ckpt = save_checkpoint(out, **ckpt_args)  # one atomic write, optimizer state included
     save_curves(history, curves_path(Path(out)), f"{args.arch} on {data_name}", task.main_metric)
     return ckpt
 

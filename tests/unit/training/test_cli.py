@@ -55,6 +55,8 @@ def test_same_seed_same_weights_and_resume(tmp_path: Path) -> None:
     main(get_args_parser().parse_args([*args, "--out", str(a)]))
     main(get_args_parser().parse_args([*args, "--out", str(b)]))
     sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
+    assert "optimizer" in load_checkpoint(a)
+    assert sorted(p.name for p in tmp_path.glob("*.pt*")) == ["a.pt", "b.pt"]  # no temp left
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     c = tmp_path / "c.pt"
     resumed = main(get_args_parser().parse_args(
@@ -62,6 +64,15 @@ def test_same_seed_same_weights_and_resume(tmp_path: Path) -> None:
     assert resumed["provenance"]["epochs"] == 2
     assert [h["epoch"] for h in resumed["provenance"]["history"]] == [1, 2]
     assert not all(torch.equal(resumed["state_dict"][k], sa[k]) for k in sa)
+
+
+def test_dry_run_without_out_builds_the_real_checkpoint_format(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    ckpt = main(get_args_parser().parse_args(["lenet", "--dry-run"]))
+    assert ckpt["format"] == "capserve-checkpoint"
+    assert {"versions", "created"} <= set(ckpt["provenance"])
+    assert not list(tmp_path.rglob("*.pt"))  # nothing written
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
