@@ -141,9 +141,10 @@ async def through_capserve(store: Path, models: list[tuple[str, str, str]], batc
     from serving.core.repository import ModelRepository
     from serving.core.service import InferenceService
     from serving.core.types import InferRequest, Tensor
+    from serving.store import read_model_spec
 
     registry = CollectorRegistry()
-    repository = ModelRepository(store, device=device)
+    repository = ModelRepository(store, reader=read_model_spec, device=device)
     service = InferenceService(repository,
                                Metrics(registry, process=False, gpu=False),
                                server_version="bench")

@@ -23,6 +23,7 @@ from serving.core.repository import ModelRepository
 from serving.core.service import InferenceService
 from serving.core.validation import TensorLimits
 from serving.settings import Settings
+from serving.store import read_model_spec
 from serving.transport.auth import ModelControlGate, parse_allowed_hosts
 from serving.transport.grpc_service import create_grpc_server
 from serving.transport.http_app import create_http_app
@@ -211,7 +212,8 @@ def build_server(
     # The machine's gauges (CPU, memory, GPUs) come once from the supervisor, not per worker.
     machine = settings.worker_id < 0
     metrics = Metrics(registry, gpu=machine, host=machine)
-    repository = ModelRepository(settings.model_store, device=settings.device,
+    repository = ModelRepository(settings.model_store, reader=read_model_spec,
+                                 device=settings.device,
                                  limits=ServiceLimits.from_settings(settings))
     service = service_class(repository, metrics, server_version=SERVER_VERSION)
     # Built before the store loads: it materialises the store's ``.mar`` archives into model

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from serving.backends.devices import check_device
+
 
 def _default_image_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
@@ -151,10 +153,7 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        value = value.strip().lower()
-        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-            return value
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return check_device(value)  # the backends' own parser: one spelling of the rule
 
     @field_validator("log_level", mode="before")
     @classmethod

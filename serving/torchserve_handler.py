@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from serving.archives.mar import labels_from_index
-from serving.errors import ServingError
+from serving.errors import PayloadTooLarge, ServingError
 from serving.tasks.images import Prepared, prepare
+from serving.tasks.kinds import Task, TaskResult, task_of
 from serving.tasks.options import TaskOptions
-from serving.tasks.registry import TaskResult, render
 from serving.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class CapserveHandler:
     def __init__(self) -> None:
         self.initialized = False
         self.spec: TaskSpec | None = None
+        self.task: Task | None = None
         self.labels: list[str] = []
         self.output_names: list[str] = []
         self.model: Any = None
@@ -107,6 +108,7 @@ class CapserveHandler:
         task = json.loads((model_dir / TASK_FILE).read_text())
         name = getattr(context, "model_name", None) or task.get("name", "model")
         self.spec = TaskSpec.from_parameters(name, task_parameters(task))
+        self.task = task_of(self.spec)
         self.output_names = [o["name"] for o in task.get("outputs", [])]
         self.labels = read_labels(model_dir)
         gpu = props.get("gpu_id")
@@ -136,9 +138,9 @@ class CapserveHandler:
 
     def handle(self, data: list[Mapping[str, Any]], context: Any) -> list[Any]:
         """One answer per request of the batch; a bad image fails only its own request."""
-        if not self.initialized or self.spec is None:
+        if not self.initialized or self.spec is None or self.task is None:
             self.initialize(context)
-        assert self.spec is not None
+        assert self.spec is not None and self.task is not None
         answers: list[Any] = [None] * len(data)
         ready: list[tuple[int, Prepared, TaskOptions]] = []
         for idx, row in enumerate(data):
@@ -154,13 +156,10 @@ class CapserveHandler:
         for items in groups.values():
             outputs = self._forward(np.stack([p.tensor for _, p, _ in items]))
             for row_i, (idx, prepared, options) in enumerate(items):
-                mine = {k: v[row_i] for k, v in outputs.items()}
-                if self.spec.task == "capsule_classification":
-                    mine = {k: v for k, v in mine.items()
-                            if k == "lengths" or (k == "poses" and options.poses)
-                            or (k == "reconstruction" and options.reconstruction)}
                 try:
-                    result = render(self.spec, self.labels, prepared, mine, options)
+                    wanted = self.task.wanted(self.spec.model, list(outputs), options)
+                    mine = {k: outputs[k][row_i] for k in wanted}
+                    result = self.task.render(self.spec, self.labels, prepared, mine, options)
                 except ServingError as exc:
                     answers[idx] = self._error(context, idx, exc)
                     continue
@@ -175,7 +174,7 @@ class CapserveHandler:
 
     @staticmethod
     def _error(context: Any, idx: int, exc: Exception) -> bytes:
-        status = 413 if type(exc).__name__ == "PayloadTooLarge" else 400
+        status = 413 if isinstance(exc, PayloadTooLarge) else 400
         if hasattr(context, "set_response_status"):
             context.set_response_status(status, str(exc), idx)
         return json.dumps({"code": status, "type": type(exc).__name__,

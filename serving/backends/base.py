@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from serving.generated import model_config_pb2
+from serving.parsing import parse_bool
 
 # Cores this process may use for intra-op threads; 0 means every usable core. A supervisor's
 # worker sets its share once at start, so N workers x threads never oversubscribe the machine.
@@ -43,25 +44,57 @@ class Backend(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """What a backend reads from a model's config, parsed once when the version loads."""
+
+    platform: str  # onnxruntime_onnx | pytorch_libtorch
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    model_filename: str = ""  # "" = the platform's default
+    intra_op_threads: int | None = None  # parameter intra_op_thread_count
+    inter_op_threads: int | None = None  # parameter inter_op_thread_count
+    inline_run_max_us: int | None = None  # parameter inline_run_max_microseconds
+    ort_allow_spinning: bool = False
+
+    @classmethod
+    def from_parameters(cls, platform: str, input_names: tuple[str, ...],
+                        output_names: tuple[str, ...], model_filename: str,
+                        params: Mapping[str, str]) -> BackendConfig:
+        """Parse the backend's string parameters; ``ValueError`` names a malformed one."""
+        return cls(
+            platform=platform, input_names=input_names, output_names=output_names,
+            model_filename=model_filename,
+            intra_op_threads=_int_parameter(params, "intra_op_thread_count"),
+            inter_op_threads=_int_parameter(params, "inter_op_thread_count"),
+            inline_run_max_us=_int_parameter(params, "inline_run_max_microseconds"),
+            ort_allow_spinning=_bool_parameter(params, "ort_allow_spinning"),
+        )
+
+
+def _int_parameter(params: Mapping[str, str], key: str) -> int | None:
+    value = params.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"config parameter '{key}' must be an integer, got {value!r}") from None
+
+
+def _bool_parameter(params: Mapping[str, str], key: str) -> bool:
+    try:
+        return parse_bool(params.get(key, ""))
+    except ValueError as exc:
+        raise ValueError(f"config parameter '{key}' must be true or false, got {str(exc)!r}") \
+            from None
+
+
+@dataclass(frozen=True, slots=True)
 class BackendSpec:
-    config: model_config_pb2.ModelConfig
+    config: BackendConfig
     version_dir: Path
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     instances: int = 1  # how many instances of this model version share the machine
-
-    def parameter(self, key: str) -> str | None:
-        if key in self.config.parameters:
-            return str(self.config.parameters[key].string_value)
-        return None
-
-    def int_parameter(self, key: str) -> int | None:
-        value = self.parameter(key)
-        if value is None or value == "":
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            raise ValueError(f"config parameter '{key}' must be an integer, got {value!r}") from None
 
     def inline_run_threshold_s(self, on_cuda: bool) -> float:
         """Runs measured faster than this execute on the event loop (config
@@ -69,26 +102,18 @@ class BackendSpec:
         time includes waiting for the device, which must never block the loop."""
         if on_cuda:
             return 0.0
-        configured = self.int_parameter("inline_run_max_microseconds")
+        configured = self.config.inline_run_max_us
         return 200e-6 if configured is None else max(0, configured) / 1e6
-
-    def bool_parameter(self, key: str) -> bool:
-        value = (self.parameter(key) or "").strip().lower()
-        if value in ("", "0", "false", "no", "off"):
-            return False
-        if value in ("1", "true", "yes", "on"):
-            return True
-        raise ValueError(f"config parameter '{key}' must be true or false, got {value!r}")
 
     def intra_op_threads(self) -> int:
         """Config ``intra_op_thread_count``, else the cores shared evenly by the instances; never
         more than this process's core budget (its share when several worker processes serve)."""
         cores = usable_cores()
-        configured = self.int_parameter("intra_op_thread_count")
+        configured = self.config.intra_op_threads
         if configured is not None and configured > 0:
             return min(configured, cores) if _core_budget else configured
         return max(1, cores // max(1, self.instances))
 
     def inter_op_threads(self) -> int:
-        configured = self.int_parameter("inter_op_thread_count")
+        configured = self.config.inter_op_threads
         return configured if configured is not None and configured > 0 else 1

@@ -18,7 +18,7 @@ class OnnxRuntimeBackend:
     def __init__(self, spec: BackendSpec) -> None:
         import onnxruntime as ort
 
-        filename = spec.config.default_model_filename or "model.onnx"
+        filename = spec.config.model_filename or "model.onnx"
         path = Path(spec.version_dir) / filename
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} not found")
@@ -30,7 +30,7 @@ class OnnxRuntimeBackend:
         # ORT's pool threads busy-wait after each run by default. In a server the cores they
         # spin on belong to the event loop, the decode pool and other instances: measured on
         # 2 cores with LeNet, spinning took ~60% of a core and cut HTTP throughput.
-        if not spec.bool_parameter("ort_allow_spinning"):
+        if not spec.config.ort_allow_spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers: list[str | tuple[str, dict[str, str]]] = ["CPUExecutionProvider"]

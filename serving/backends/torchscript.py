@@ -24,7 +24,7 @@ class TorchScriptBackend:
         import torch
 
         self._torch = torch
-        filename = spec.config.default_model_filename or "model.pt"
+        filename = spec.config.model_filename or "model.pt"
         path = Path(spec.version_dir) / filename
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} not found")
@@ -38,8 +38,8 @@ class TorchScriptBackend:
         self._device = torch.device(device)
         self._module = torch.jit.load(str(path), map_location=self._device)
         self._module.eval()
-        self.input_names = [i.name for i in spec.config.input]
-        self.output_names = [o.name for o in spec.config.output]
+        self.input_names = list(spec.config.input_names)
+        self.output_names = list(spec.config.output_names)
         self._pin = self._device.type == "cuda"
         # One stream per instance, so instances of one model overlap on the GPU instead of
         # queueing behind each other on the default stream.

@@ -2,9 +2,10 @@
 
 from serving.batching.batcher import BatchObserver, BatchResult, DynamicBatcher, Runner
 from serving.batching.clock import Clock, FakeClock, MonotonicClock
-from serving.batching.policy import BatchPolicy, QueuePolicy, policy_from_config
+from serving.batching.policy import BatchConfig, BatchPolicy, QueuePolicy, policy_from_config
 
 __all__ = [
+    "BatchConfig",
     "BatchObserver",
     "BatchPolicy",
     "BatchResult",

@@ -1,14 +1,11 @@
-"""Batching and queue policy, read once from a model's ``ModelConfig``."""
+"""Batching and queue policy: what a model's config says (:class:`BatchConfig`, read at the
+store edge), and what the batcher runs by (:class:`BatchPolicy`, with the server's defaults)."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 from serving.errors import InvalidInput
-from serving.generated import model_config_pb2
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,19 +106,22 @@ class QueueDefaults:
 _TRITON = QueueDefaults(max_queue_size=0, min_queue_size=0, max_queue_size_cap=0, timeout_us=0)
 
 
-def _queue_policy(msg: model_config_pb2.ModelQueuePolicy) -> QueuePolicy:
-    if msg.timeout_action == model_config_pb2.ModelQueuePolicy.DELAY:
-        logger.warning("queue policy timeout_action DELAY is not supported; requests are rejected")
-    return QueuePolicy(
-        max_queue_size=int(msg.max_queue_size),
-        default_timeout_us=int(msg.default_timeout_microseconds),
-        allow_timeout_override=bool(msg.allow_timeout_override),
-    )
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    """A config's batching fields as plain data (``dynamic_batching`` absent: ``dynamic`` False)."""
+
+    max_batch_size: int = 0
+    dynamic: bool = False
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    priority_levels: int = 0
+    default_priority_level: int = 0
+    default_queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
+    level_policies: tuple[tuple[int, QueuePolicy], ...] = ()
 
 
 def policy_from_config(
-    config: model_config_pb2.ModelConfig, *, instances: int = 1,
-    defaults: QueueDefaults | None = None,
+    config: BatchConfig, *, instances: int = 1, defaults: QueueDefaults | None = None,
 ) -> BatchPolicy:
     """Build the policy; raises ``ValueError`` for settings Triton would also refuse.
 
@@ -129,23 +129,21 @@ def policy_from_config(
     ``defaults`` (the server always passes them); without, Triton's unbounded queues.
     """
     defaults = defaults or _TRITON
-    mbs = int(config.max_batch_size)
+    mbs = config.max_batch_size
     if mbs < 0:
         raise ValueError(f"max_batch_size must be >= 0, got {mbs}")
-    if not config.HasField("dynamic_batching"):
+    if not config.dynamic:
         return BatchPolicy(max_batch_size=mbs,
                            default_queue_policy=defaults.fill(QueuePolicy(), mbs, instances))
-    db = config.dynamic_batching
-    preferred = tuple(sorted({int(p) for p in db.preferred_batch_size}))
+    preferred = tuple(sorted(set(config.preferred_batch_sizes)))
     for p in preferred:
         if p <= 0 or (mbs > 0 and p > mbs):
             raise ValueError(f"preferred_batch_size {p} must be in [1, max_batch_size={mbs}]")
-    levels = int(db.priority_levels)
-    default_level = int(db.default_priority_level)
+    levels = config.priority_levels
+    default_level = config.default_priority_level
     if levels and not 1 <= default_level <= levels:
         raise ValueError(f"default_priority_level {default_level} must be in [1, {levels}]")
-    level_policies = {int(k): defaults.fill(_queue_policy(v), mbs, instances)
-                      for k, v in db.priority_queue_policy.items()}
+    level_policies = {k: defaults.fill(v, mbs, instances) for k, v in config.level_policies}
     for k in level_policies:
         if not 1 <= k <= max(levels, 1):
             raise ValueError(f"priority_queue_policy level {k} is outside [1, {levels}]")
@@ -153,9 +151,9 @@ def policy_from_config(
         max_batch_size=mbs,
         dynamic=mbs > 0,
         preferred_batch_sizes=preferred,
-        max_queue_delay_us=int(db.max_queue_delay_microseconds),
+        max_queue_delay_us=config.max_queue_delay_us,
         priority_levels=levels,
         default_priority_level=default_level,
-        default_queue_policy=defaults.fill(_queue_policy(db.default_queue_policy), mbs, instances),
+        default_queue_policy=defaults.fill(config.default_queue_policy, mbs, instances),
         level_policies=level_policies,
     )

@@ -34,7 +34,6 @@ _FROM_NUMPY: dict[np.dtype, str] = {v: k for k, v in _TO_NUMPY.items()}
 _CONFIG_TO_TRITON: dict[str, str] = {f"TYPE_{k}": k for k in _TO_NUMPY if k != "BYTES"}
 _CONFIG_TO_TRITON["TYPE_STRING"] = "BYTES"
 _CONFIG_TO_TRITON["TYPE_BF16"] = "BF16"
-_TRITON_TO_CONFIG: dict[str, str] = {v: k for k, v in _CONFIG_TO_TRITON.items()}
 
 _LEN = struct.Struct("<I")
 
@@ -64,14 +63,6 @@ def config_to_triton(type_name: str) -> str:
         return _CONFIG_TO_TRITON[type_name]
     except KeyError:
         raise ValueError(f"unknown config data_type '{type_name}'") from None
-
-
-def triton_to_config(datatype: str) -> str:
-    """``FP32`` -> ``TYPE_FP32``; ``BYTES`` -> ``TYPE_STRING``."""
-    try:
-        return _TRITON_TO_CONFIG[datatype]
-    except KeyError:
-        raise ValueError(f"unknown datatype '{datatype}'") from None
 
 
 def element_size(datatype: str) -> int:

@@ -13,10 +13,10 @@ import numpy as np
 from serving.backends import Backend, BackendSpec, create_backend
 from serving.batching import BatchObserver, Clock, DynamicBatcher, policy_from_config
 from serving.core.limits import ServiceLimits
+from serving.core.spec import ModelSpec
 from serving.core.stats import StatsRecorder
 from serving.core.validation import RequestRules
 from serving.core.warmup import run_warmup, warmup_samples
-from serving.generated import model_config_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +27,22 @@ ObserverFactory = Callable[[str, str], tuple[StatsRecorder, BatchObserver | None
 
 @dataclass(eq=False)
 class LoadedVersion:
+    """The handle a request gets when it resolves its model version: the version's spec and
+    its executor (the batcher), resolved once so they always belong together."""
+
     name: str
     version: str
-    config: model_config_pb2.ModelConfig
+    spec: ModelSpec
     model_dir: Path
     backends: list[Backend]
     batcher: DynamicBatcher
     stats: StatsRecorder
     loaded_at: float  # epoch seconds
     load_seconds: float
-    rules: RequestRules  # the config's request checks, extracted once
+
+    @property
+    def rules(self) -> RequestRules:
+        return self.spec.rules
 
     @property
     def device(self) -> str:
@@ -59,11 +65,11 @@ class LoadedVersion:
                 logger.exception("closing a backend of %s/%s failed", self.name, self.version)
 
 
-def _check_names(config: model_config_pb2.ModelConfig, backend: Backend) -> None:
+def _check_names(spec: ModelSpec, backend: Backend) -> None:
     """The config's tensors must exist in the model file, or every request would fail later."""
     for kind, declared, actual in (
-        ("input", [i.name for i in config.input], backend.input_names),
-        ("output", [o.name for o in config.output], backend.output_names),
+        ("input", [i.name for i in spec.inputs], backend.input_names),
+        ("output", [o.name for o in spec.outputs], backend.output_names),
     ):
         unknown = [n for n in declared if n not in actual]
         if unknown:
@@ -78,7 +84,7 @@ def _runner(backend: Backend, outputs: list[str]) -> Callable[[dict[str, np.ndar
 
 
 def build_version(
-    config: model_config_pb2.ModelConfig,
+    model: ModelSpec,
     model_dir: Path,
     version: str,
     *,
@@ -94,37 +100,37 @@ def build_version(
         raise ValueError(f"instance count {instances} is outside [1, {limits.max_instances}] "
                          "(max_model_instances)")
     start = time.perf_counter()
-    spec = BackendSpec(config=config, version_dir=model_dir / version, device=device,
+    spec = BackendSpec(config=model.backend, version_dir=model_dir / version, device=device,
                        instances=instances)
-    samples = warmup_samples(config, model_dir)  # a bad sample fails before any model loads
-    outputs = [o.name for o in config.output]
+    samples = warmup_samples(model, model_dir)  # a bad sample fails before any model loads
+    outputs = [o.name for o in model.outputs]
     backends: list[Backend] = []
     try:
         for _ in range(instances):
             backend = create_backend(spec)
             backends.append(backend)
-            _check_names(config, backend)
-            run_warmup(backend, samples, outputs, f"{config.name}/{version}")
+            _check_names(model, backend)
+            run_warmup(backend, samples, outputs, f"{model.name}/{version}")
     except BaseException:
         for b in backends:
             b.close()
         raise
     if observer_factory is not None:
-        stats, observer = observer_factory(config.name, version)
+        stats, observer = observer_factory(model.name, version)
     else:
-        stats, observer = StatsRecorder(config.name, version), None
+        stats, observer = StatsRecorder(model.name, version), None
     batcher = DynamicBatcher(
         [_runner(b, outputs) for b in backends],
-        policy_from_config(config, instances=instances, defaults=limits.queue),
+        policy_from_config(model.batching, instances=instances, defaults=limits.queue),
         clock=clock,
         observer=observer,
-        name=f"{config.name}/{version}",
+        name=f"{model.name}/{version}",
         inline_below_s=spec.inline_run_threshold_s(
             on_cuda=any(b.device.startswith("cuda") for b in backends)),
         execution_timeout_s=limits.execution_timeout_s,
     )
     return LoadedVersion(
-        name=config.name, version=version, config=config, model_dir=model_dir,
+        name=model.name, version=version, spec=model, model_dir=model_dir,
         backends=backends, batcher=batcher, stats=stats, loaded_at=time.time(),
-        load_seconds=time.perf_counter() - start, rules=RequestRules.of(config),
+        load_seconds=time.perf_counter() - start,
     )

@@ -122,10 +122,6 @@ class Metrics:
         if host:
             r.register(HostCollector())
 
-    @property
-    def has_gpu_collector(self) -> bool:
-        return self._gpu is not None
-
     # -- called by the core ------------------------------------------------------------------
 
     def _children(self, model: str, version: str) -> _Children:

@@ -10,24 +10,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.batching import Clock
 from serving.batching.workers import run_detached
-from serving.core.config import (
-    CONFIG_FILE,
-    available_versions,
-    instance_count,
-    read_config,
-    read_labels,
-    select_versions,
-)
 from serving.core.limits import ServiceLimits
 from serving.core.loaded import LoadedVersion, ObserverFactory, build_version
+from serving.core.spec import ModelSpec
 from serving.core.validation import check_version
+from serving.core.versions import CONFIG_FILE, available_versions, select_versions
 from serving.errors import InvalidInput, ModelNotFound, ModelNotReady, shown
-from serving.generated import model_config_pb2
+
+# Reads a model directory into its spec (``serving.store.read_model_spec``: the store edge,
+# passed in so the core never touches the config's protobuf form); raises ValueError/OSError.
+SpecReader = Callable[[Path, str], ModelSpec]
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +36,7 @@ class ModelEntry:
 
     name: str
     model_dir: Path
-    config: model_config_pb2.ModelConfig | None = None
-    labels: list[str] = field(default_factory=list)
+    spec: ModelSpec | None = None  # of the last successful read
     versions: dict[str, LoadedVersion] = field(default_factory=dict)  # ready versions
     states: dict[str, tuple[str, str]] = field(default_factory=dict)  # version -> (state, reason)
     load_error: str | None = None
@@ -52,10 +49,11 @@ class ModelEntry:
 
 class ModelRepository:
     def __init__(
-        self, store: Path | str, *, device: str = "auto", clock: Clock | None = None,
-        limits: ServiceLimits | None = None,
+        self, store: Path | str, *, reader: SpecReader, device: str = "auto",
+        clock: Clock | None = None, limits: ServiceLimits | None = None,
     ) -> None:
         self.store = Path(store)
+        self._read = reader
         self.device = device
         self.limits = limits or ServiceLimits()
         self._clock = clock
@@ -108,8 +106,7 @@ class ModelRepository:
     # -- load / unload -----------------------------------------------------------------------
 
     async def build(
-        self, config: model_config_pb2.ModelConfig, model_dir: Path, version: str,
-        instances: int,
+        self, spec: ModelSpec, model_dir: Path, version: str, instances: int,
     ) -> LoadedVersion:
         """Build one version on a daemon thread, bounded by the load timeout.
 
@@ -117,10 +114,10 @@ class ModelRepository:
         later is closed at once, and it never keeps the process from exiting.
         """
         build = functools.partial(
-            build_version, config, model_dir, version, device=self.device, instances=instances,
+            build_version, spec, model_dir, version, device=self.device, instances=instances,
             clock=self._clock, observer_factory=self._observer_factory, limits=self.limits,
         )
-        future = run_detached(build, name=f"load-{config.name}-{version}")
+        future = run_detached(build, name=f"load-{spec.name}-{version}")
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.limits.load_timeout_s)
         except (TimeoutError, asyncio.CancelledError):
@@ -138,11 +135,10 @@ class ModelRepository:
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry.wanted = True
             try:
-                config = await asyncio.wait_for(
-                    run_detached(read_config, entry.model_dir, name, name=f"config-{name}"),
+                spec = await asyncio.wait_for(
+                    run_detached(self._read, entry.model_dir, name, name=f"config-{name}"),
                     self.limits.load_timeout_s)
-                versions = select_versions(entry.model_dir, config)
-                labels = read_labels(entry.model_dir, config)
+                versions = select_versions(entry.model_dir, spec.version_policy)
             except Exception as exc:
                 entry.load_error = str(exc)
                 logger.error("model '%s' failed to load: %s", name, exc)
@@ -156,8 +152,7 @@ class ModelRepository:
             errors: dict[str, str] = {}
             for v in versions:
                 try:
-                    built[v] = await self.build(config, entry.model_dir, v,
-                                                instance_count(config))
+                    built[v] = await self.build(spec, entry.model_dir, v, spec.instances)
                 except TimeoutError:
                     errors[v] = (f"load did not finish within {self.limits.load_timeout_s:g} s "
                                  "(model_load_timeout_seconds)")
@@ -172,8 +167,7 @@ class ModelRepository:
                 entry.states[v] = ("UNAVAILABLE", errors[v]) if v in errors else ("READY", "")
             old = entry.versions
             entry.versions = built
-            entry.config = config
-            entry.labels = labels
+            entry.spec = spec
             entry.load_error = _joined(errors) or None
             if entry.default_version not in built:
                 entry.default_version = None
@@ -243,17 +237,17 @@ class ModelRepository:
             raise ModelNotFound(f"model '{shown(name)}' has no ready version '{shown(version)}'")
         entry.default_version = version
 
-    def config_of(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
-        """The config of a version, or of the model when it has none loaded (e.g. unloaded)."""
+    def spec_of(self, name: str, version: str = "") -> ModelSpec:
+        """The spec of a version, or of the model when it has none loaded (e.g. unloaded)."""
         entry = self.entry(name)
         if version or entry.versions:
             try:
-                return self.resolve(name, version).config
+                return self.resolve(name, version).spec
             except ModelNotReady:
                 pass
-        if entry.config is None:
-            entry.config = read_config(entry.model_dir, name)
-        return entry.config
+        if entry.spec is None:
+            entry.spec = self._read(entry.model_dir, name)
+        return entry.spec
 
 
 def _joined(errors: dict[str, str]) -> str:

@@ -14,7 +14,6 @@ import numpy as np
 from serving import tracing
 from serving.batching import BatchObserver
 from serving.core.classification import classify
-from serving.core.config import datatype_of
 from serving.core.describe import (
     ModelDescription,
     describe_version,
@@ -26,6 +25,7 @@ from serving.core.loaded import LoadedVersion
 from serving.core.metrics import Metrics
 from serving.core.repository import ModelRepository
 from serving.core.shm import RegionStatus, SharedMemoryRegistry
+from serving.core.spec import ModelSpec
 from serving.core.stats import ModelStats, StatsRecorder
 from serving.core.types import (
     InferRequest,
@@ -47,7 +47,6 @@ from serving.errors import (
     ServerNotReady,
     ServingError,
 )
-from serving.generated import model_config_pb2
 from serving.logs import request_id_var
 
 logger = logging.getLogger(__name__)
@@ -227,29 +226,24 @@ class InferenceService:
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         loaded = self._repo.resolve(name, version)
-        config = loaded.config
-        batched = config.max_batch_size > 0
+        spec = loaded.spec
         return ModelMetadata(
             name=name,
             versions=tuple(self._repo.entry(name).ready_versions()),
-            platform=config.platform,
-            inputs=tuple(tensor_metadata(i, batched) for i in config.input),
-            outputs=tuple(tensor_metadata(o, batched) for o in config.output),
+            platform=spec.platform,
+            inputs=tuple(tensor_metadata(i, spec.batched) for i in spec.inputs),
+            outputs=tuple(tensor_metadata(o, spec.batched) for o in spec.outputs),
         )
 
-    def model_config(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
-        config = model_config_pb2.ModelConfig()
-        config.CopyFrom(self.model_config_view(name, version))
-        return config
+    def resolve(self, name: str, version: str = "") -> LoadedVersion:
+        """The version that serves ``name``/``version`` now: pass it to :meth:`infer` so the
+        spec a caller read and the model that runs are one version's, whatever reloads."""
+        return self._repo.resolve(name, version)
 
-    def model_config_view(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
-        """The repository's own config message, not a copy: callers must not change it.
-
-        A reload replaces the message, so its identity tells a per-request cache (the task
-        pipelines') that the config changed, without copying a protobuf on every request.
-        """
+    def model_spec(self, name: str, version: str = "") -> ModelSpec:
+        """The spec of a ready version, else of the model's config on disk (e.g. unloaded)."""
         try:
-            return self._repo.config_of(name, version)
+            return self._repo.spec_of(name, version)
         except (ValueError, OSError) as exc:
             raise ModelLoadFailed(f"model '{name}' has no valid config: {exc}") from None
 
@@ -343,7 +337,7 @@ class InferenceService:
         else:
             loaded = [entry.versions[v] for v in entry.ready_versions()]
         if not loaded:
-            return [unloaded_description(entry, self.model_config(name))]
+            return [unloaded_description(entry, self.model_spec(name))]
         default = self._repo.default_version(name)
         return [describe_version(lv, lv.version == default) for lv in loaded]
 
@@ -365,13 +359,9 @@ class InferenceService:
         current = self._repo.resolve(name, version)  # again: an unload may have won the lock
         if current.batcher.instances == instances:
             return
-        config = model_config_pb2.ModelConfig()
-        config.CopyFrom(current.config)
-        del config.instance_group[:]
-        kind = current.config.instance_group[0].kind if current.config.instance_group else 0
-        config.instance_group.add(count=instances, kind=kind)
+        spec = current.spec.with_instances(instances)
         try:
-            rebuilt = await self._repo.build(config, current.model_dir, current.version, instances)
+            rebuilt = await self._repo.build(spec, current.model_dir, current.version, instances)
         except TimeoutError:
             raise ModelLoadFailed(f"scaling '{name}' to {instances} did not finish within "
                                   f"{self._limits.load_timeout_s:g} s") from None
@@ -389,15 +379,11 @@ class InferenceService:
         every worker before it answers (its core overrides this)."""
         self.set_default_version(name, version)
 
-    def model_parameters(self, name: str, version: str = "") -> dict[str, str]:
-        config = self.model_config_view(name, version)
-        return {k: v.string_value for k, v in config.parameters.items()}
-
     def model_labels(self, name: str, version: str = "") -> list[str]:
-        entry = self._repo.entry(name)
         if version:
-            self._repo.resolve(name, version)
-        return list(entry.labels)
+            return list(self._repo.resolve(name, version).spec.labels)
+        entry = self._repo.entry(name)
+        return list(entry.spec.labels) if entry.spec is not None else []
 
     def load_failures(self) -> dict[str, str]:
         return {e.name: e.load_error for e in self._repo.entries() if e.load_error}
@@ -435,18 +421,22 @@ class InferenceService:
             self._failed(loaded, exc.reason, time.perf_counter())
             raise exc
 
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(self, request: InferRequest,
+                    loaded: LoadedVersion | None = None) -> InferResponse:
+        """Run one request; ``loaded`` (from :meth:`resolve`) pins the version that runs it,
+        else the request's name and version are resolved here."""
         if self._draining and _admitted_by.get() is not self:
             raise ServerNotReady("Server is not ready: shutting down")
         with self.admission():
-            return await self._infer(request)
+            return await self._infer(request, loaded)
 
-    async def _infer(self, request: InferRequest) -> InferResponse:
+    async def _infer(self, request: InferRequest, loaded: LoadedVersion | None) -> InferResponse:
         start = time.perf_counter()
-        loaded = self._repo.resolve(request.model_name, request.model_version)
+        if loaded is None:
+            loaded = self._repo.resolve(request.model_name, request.model_version)
         name, version = loaded.name, loaded.version
         try:
-            checked = check_request(loaded.rules, request)
+            checked = check_request(loaded.spec.rules, request)
             result = await loaded.batcher.submit(
                 checked.inputs, checked.batch_size, priority=checked.priority,
                 timeout_us=checked.timeout_us,
@@ -485,16 +475,14 @@ class InferenceService:
         self, request: InferRequest, loaded: LoadedVersion, wanted: list[RequestedOutput],
         arrays: dict[str, np.ndarray],
     ) -> InferResponse:
-        config = loaded.config
-        batched = config.max_batch_size > 0
-        types = {o.name: datatype_of(o) for o in config.output}
+        spec = loaded.spec
+        types = spec.rules.outputs
         outputs: list[Tensor] = []
         for out in wanted:
             data = arrays[out.name]
             datatype = types[out.name]
             if out.class_count > 0:
-                labels = self._repo.entry(loaded.name).labels
-                data = classify(data, out.class_count, labels, batched)
+                data = classify(data, out.class_count, list(spec.labels), spec.batched)
                 datatype = "BYTES"
             outputs.append(Tensor(out.name, datatype, tuple(data.shape), data))
         return InferResponse(model_name=loaded.name, model_version=loaded.version,

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from serving.core.config import MAX_VERSION_DIGITS, datatype_of, is_version_name
 from serving.core.datatypes import triton_to_numpy
 from serving.core.types import InferRequest, ParamValue, RequestedOutput
+from serving.core.versions import MAX_VERSION_DIGITS, is_version_name
 from serving.errors import InvalidInput, ModelNotFound, shown
-from serving.generated import model_config_pb2
 
 if TYPE_CHECKING:
+    from serving.core.spec import ModelSpec
     from serving.settings import Settings
 
 # Defaults of the tensor limits; the settings (``CAPSERVE_MAX_TENSOR_DIMS`` ...) repeat them.
@@ -154,8 +154,7 @@ def _shape_matches(shape: tuple[int, ...], dims: tuple[int, ...]) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class RequestRules:
-    """What ``check_request`` reads from a model config, extracted once when the version loads:
-    reading protobuf fields and naming enum values on every request costs more than the checks."""
+    """What ``check_request`` reads from a model's spec, as the lookups it needs per request."""
 
     model: str
     inputs: dict[str, tuple[str, np.dtype | None, tuple[int, ...]]]  # datatype, dtype, dims
@@ -169,30 +168,24 @@ class RequestRules:
     max_side: int = 0
 
     @classmethod
-    def of(cls, config: model_config_pb2.ModelConfig) -> RequestRules:
-        inputs = {}
-        for i in config.input:
-            datatype = datatype_of(i)
-            inputs[i.name] = (datatype,
-                              None if datatype == "BYTES" else triton_to_numpy(datatype),
-                              tuple(int(d) for d in i.dims))
+    def of(cls, spec: ModelSpec) -> RequestRules:
+        inputs = {i.name: (i.datatype, None if i.datatype == "BYTES" else triton_to_numpy(i.datatype),
+                           i.dims) for i in spec.inputs}
         # ONNX string tensors hold text; the ORT backend decodes BYTES elements as UTF-8.
         text = frozenset(n for n, (dt, _, _) in inputs.items()
-                         if dt == "BYTES" and config.platform == "onnxruntime_onnx")
-        return cls(model=config.name, inputs=inputs,
-                   required=tuple(i.name for i in config.input if not i.optional),
-                   outputs={o.name: datatype_of(o) for o in config.output},
-                   max_batch=int(config.max_batch_size), text_inputs=text,
-                   min_side=_side_parameter(config, "min_side"),
-                   max_side=_side_parameter(config, "max_side"))
+                         if dt == "BYTES" and spec.platform == "onnxruntime_onnx")
+        return cls(model=spec.name, inputs=inputs,
+                   required=tuple(i.name for i in spec.inputs if not i.optional),
+                   outputs={o.name: o.datatype for o in spec.outputs},
+                   max_batch=spec.max_batch_size, text_inputs=text,
+                   min_side=_side_parameter(spec.parameters, "min_side"),
+                   max_side=_side_parameter(spec.parameters, "max_side"))
 
 
-def _side_parameter(config: model_config_pb2.ModelConfig, key: str) -> int:
+def _side_parameter(params: Mapping[str, str], key: str) -> int:
     """A non-negative integer parameter, 0 when absent or malformed (the image pipeline
     reports a malformed one when it reads it)."""
-    if key not in config.parameters:  # indexing a protobuf map would insert the key
-        return 0
-    text = config.parameters[key].string_value.strip()
+    text = params.get(key, "").strip()
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
 
 

@@ -18,62 +18,61 @@ from pathlib import Path
 import numpy as np
 
 from serving.backends import Backend
-from serving.core.config import datatype_of
 from serving.core.datatypes import triton_to_numpy
-from serving.generated import model_config_pb2
+from serving.core.spec import ModelSpec, TensorSpec, WarmupInput
 
 logger = logging.getLogger(__name__)
 
 WarmupSample = tuple[str, int, dict[str, np.ndarray]]  # (name, count, inputs)
 
 
-def warmup_samples(config: model_config_pb2.ModelConfig, model_dir: Path) -> list[WarmupSample]:
+def warmup_samples(spec: ModelSpec, model_dir: Path) -> list[WarmupSample]:
     """Build every sample's inputs up front, so a bad sample fails the load with its name
     before any instance has run anything."""
-    declared = {i.name: i for i in config.input}
+    declared = {i.name: i for i in spec.inputs}
+    mbs = spec.max_batch_size
     samples: list[WarmupSample] = []
-    for index, warm in enumerate(config.model_warmup):
+    for index, warm in enumerate(spec.warmup):
         label = f"model_warmup '{warm.name or index}'"
-        if config.max_batch_size > 0 and not 1 <= warm.batch_size <= config.max_batch_size:
+        if mbs > 0 and not 1 <= warm.batch_size <= mbs:
             raise ValueError(f"{label}: batch_size {warm.batch_size} must be 1.."
-                             f"{config.max_batch_size} (max_batch_size)")
-        if config.max_batch_size == 0 and warm.batch_size > 1:
+                             f"{mbs} (max_batch_size)")
+        if mbs == 0 and warm.batch_size > 1:
             raise ValueError(f"{label}: batch_size {warm.batch_size} but the model does not batch")
-        missing = sorted(set(declared) - set(warm.inputs))
-        unknown = sorted(set(warm.inputs) - set(declared))
+        given = dict(warm.inputs)
+        missing = sorted(set(declared) - set(given))
+        unknown = sorted(set(given) - set(declared))
         if missing or unknown:
             raise ValueError(f"{label}: inputs must be exactly the config inputs "
                              f"(missing {missing}, unknown {unknown})")
         rng = np.random.default_rng(index)
-        inputs = {name: _tensor(label, name, spec, declared[name], config.max_batch_size > 0,
+        inputs = {name: _tensor(label, name, sample, declared[name], mbs > 0,
                                 warm.batch_size, model_dir, rng)
-                  for name, spec in warm.inputs.items()}
+                  for name, sample in warm.inputs}
         samples.append((warm.name or str(index), max(1, warm.count), inputs))
     return samples
 
 
-def _tensor(label: str, name: str, spec: model_config_pb2.ModelWarmup.Input,
-            declared: model_config_pb2.ModelInput, batching: bool, batch_size: int,
-            model_dir: Path, rng: np.random.Generator) -> np.ndarray:
-    datatype, expected = datatype_of(spec), datatype_of(declared)
+def _tensor(label: str, name: str, sample: WarmupInput, declared: TensorSpec, batching: bool,
+            batch_size: int, model_dir: Path, rng: np.random.Generator) -> np.ndarray:
+    datatype, expected = sample.datatype, declared.datatype
     if datatype != expected:
         raise ValueError(f"{label}: input '{name}' is {datatype} but the config declares {expected}")
     if datatype == "BYTES":
         raise ValueError(f"{label}: input '{name}': BYTES warm-up data is not supported")
-    dims = list(spec.dims)
+    dims = list(sample.dims)
     if any(d < 0 for d in dims):
         raise ValueError(f"{label}: input '{name}' dims {dims} must all be fixed (>= 0)")
     shape = tuple(([batch_size] if batching else []) + dims)
     dtype = triton_to_numpy(datatype)
-    which = spec.WhichOneof("input_data_type")
-    if which == "random_data":
+    if sample.source == "random":
         if dtype.kind == "f":
             return rng.standard_normal(shape).astype(dtype)
         if dtype.kind == "b":
             return rng.integers(0, 2, shape).astype(dtype)
         return rng.integers(0, 100, shape).astype(dtype)  # small: valid for most index inputs
-    if which == "input_data_file":
-        return _from_file(label, name, spec.input_data_file, model_dir, shape, dtype, batching)
+    if sample.source == "file":
+        return _from_file(label, name, sample.file, model_dir, shape, dtype, batching)
     return np.zeros(shape, dtype)  # zero_data, or nothing said (Triton's default too)
 
 

@@ -13,12 +13,15 @@ import functools
 import io
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from serving.errors import InvalidInput, PayloadTooLarge
-from serving.tasks.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from serving.tasks.spec import TaskSpec
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "TIFF", "WEBP")
 _FORMAT_NAMES = "PNG, JPEG, BMP, GIF, TIFF, WebP"
@@ -189,11 +192,6 @@ def _block8(block: np.ndarray, mode: str, top: float) -> np.ndarray:
 
 
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in fed-image pixels
-
-
-def resize_for(spec: TaskSpec, image: Image.Image) -> Image.Image:
-    """Apply the model's resize policy; fully convolutional models keep the size up to max_side."""
-    return resize_with_box(spec, image)[0]
 
 
 def resize_with_box(spec: TaskSpec, image: Image.Image) -> tuple[Image.Image, Box | None]:

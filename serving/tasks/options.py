@@ -6,14 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from serving.errors import InvalidInput
+from serving.parsing import parse_bool
 
 FORMATS = ("json", "png", "jpeg")
 MAX_TOPK = 1000
 # Numbers a segmentation JSON answer may hold (the mask, and separately the probabilities),
 # unless the server sets it from max_mask_json_values; 2048x2048.
 DEFAULT_MASK_JSON_VALUES = 4 * 1024 * 1024
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("", "0", "false", "no", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +54,10 @@ class TaskOptions:
 
 
 def _flag(query: Mapping[str, str], key: str) -> bool:
-    value = query.get(key, "").lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise InvalidInput(f"{key} must be true or false, got '{value}'")
+    try:
+        return parse_bool(query.get(key, ""))
+    except ValueError as exc:
+        raise InvalidInput(f"{key} must be true or false, got '{exc}'") from None
 
 
 def _from_accept(accept: str) -> str:

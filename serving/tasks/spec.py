@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from serving.errors import InvalidInput
+from serving.tasks.kinds import TASKS
 
-TASKS = ("classification", "segmentation", "style_transfer", "capsule_classification")
 RESIZE_POLICIES = ("exact", "keep_aspect_pad", "keep_aspect_crop", "none")
 # Fully convolutional models accept any size, but shrinking through the pooling levels needs a
 # few pixels; a smaller input is refused with a message instead of failing inside the model.
@@ -50,14 +50,14 @@ class TaskSpec:
                 f"model '{model}' has no image task (its config.pbtxt parameters lack 'task'); "
                 "send tensors through the v2 API instead"
             )
-        if task not in TASKS:
+        kind = TASKS.get(task)
+        if kind is None:
             raise InvalidInput(f"model '{model}' has task '{task}', which takes no images "
                                f"(image tasks: {', '.join(TASKS)})")
         color = params.get("input_color", "RGB")
         if color not in ("L", "RGB"):
             raise InvalidInput(f"model '{model}': input_color must be L or RGB, got '{color}'")
-        fully_conv = task in ("segmentation", "style_transfer")
-        resize = params.get("resize", "none" if fully_conv else "exact")
+        resize = params.get("resize", "none" if kind.fully_convolutional else "exact")
         if resize not in RESIZE_POLICIES:
             raise InvalidInput(f"model '{model}': resize must be one of {RESIZE_POLICIES}, "
                                f"got '{resize}'")

@@ -24,6 +24,7 @@ from serving.generated import grpc_service_pb2 as pb
 from serving.generated import grpc_service_pb2_grpc as pb_grpc
 from serving.generated import health_pb2, health_pb2_grpc
 from serving.logs import new_request_id, request_id_var
+from serving.store import config_message
 from serving.transport import grpc_converters as conv
 from serving.transport import traced
 from serving.transport.auth import ModelControlGate
@@ -103,7 +104,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: aio.ServicerContext) -> pb.ModelConfigResponse:
         response = pb.ModelConfigResponse()
-        response.config.CopyFrom(self._service.model_config(request.name, request.version))
+        response.config.CopyFrom(config_message(self._service.model_spec(request.name, request.version)))
         return response
 
     @grpc_errors

@@ -31,6 +31,7 @@ from serving.core.validation import DEFAULT_LIMITS, ElementBudget, TensorLimits,
 from serving.errors import InvalidInput, PayloadTooLarge, Unsupported, shown
 from serving.logs import new_request_id, request_id_var
 from serving.settings import Settings
+from serving.store import config_message
 from serving.transport import grpc_converters as conv
 from serving.transport import http_codec as codec
 from serving.transport import traced
@@ -152,7 +153,8 @@ class V2Handlers:
 
     async def model_config(self, request: Request) -> Response:
         name, version = _model_path(request)
-        return _json(conv.message_to_json_dict(self.service.model_config(name, version)))
+        spec = self.service.model_spec(name, version)
+        return _json(conv.message_to_json_dict(config_message(spec)))
 
     async def model_stats(self, request: Request) -> Response:
         name, version = _model_path(request)
@@ -218,7 +220,7 @@ class V2Handlers:
                 f"a raw binary request needs a model with exactly one input; '{name}' has {len(meta.inputs)}"
             )
         spec = meta.inputs[0]
-        batching = self.service.model_config(name, version).max_batch_size > 0
+        batching = self.service.model_spec(name, version).batched
         dims = list(spec.shape[1:] if batching else spec.shape)
         if spec.datatype == "BYTES":
             data = np.empty(1, dtype=object)

@@ -26,7 +26,7 @@ from serving.archives.store import ModelStoreAccess
 from serving.core.validation import TensorLimits
 from serving.handlers.http import KServeFront
 from serving.handlers.models import HandlerModels, start_handler_models
-from serving.tasks.registry import TaskRegistry
+from serving.tasks.pipelines import Pipelines
 from serving.transport.auth import is_loopback
 from serving.transport.torchserve.inference_grpc import add_inference_service
 from serving.transport.torchserve.inference_http import torchserve_routes
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 class TorchServeDialect:
     """Everything of the TorchServe dialect for one server."""
 
-    pipelines: TaskRegistry
+    pipelines: Pipelines
     store: ModelStoreAccess
     routes: list[BaseRoute]
     management_app: Starlette
@@ -100,7 +100,7 @@ def build_torchserve(service: InferenceService, settings: Settings,
         add_model_dir(name, model_dir)
         archives.append(name)
     handler_models = start_handler_models(store_path, cache_dir, settings, metrics)
-    pipelines = TaskRegistry(service, settings)
+    pipelines = Pipelines(service, settings)
     store = ModelStoreAccess(store_path, cache_dir, limits=limits,
                              allow_archive_code=settings.allow_archive_code,
                              add_model_dir=add_model_dir)

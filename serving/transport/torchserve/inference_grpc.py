@@ -39,7 +39,7 @@ from serving.transport.torchserve.common import model_version
 if TYPE_CHECKING:
     from serving.core.service import InferenceService
     from serving.handlers.models import HandlerModels
-    from serving.tasks.registry import TaskRegistry
+    from serving.tasks.pipelines import Pipelines
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _answer_error(status: int, message: str) -> ServingError:
 
 
 class TorchServeInference(pb_grpc.InferenceAPIsServiceServicer):
-    def __init__(self, service: InferenceService, pipelines: TaskRegistry,
+    def __init__(self, service: InferenceService, pipelines: Pipelines,
                  handler_models: HandlerModels | None = None) -> None:
         self.service = service
         self.pipelines = pipelines
@@ -147,7 +147,7 @@ class TorchServeInference(pb_grpc.InferenceAPIsServiceServicer):
 
 
 def add_inference_service(server: aio.Server, service: InferenceService,
-                          pipelines: TaskRegistry,
+                          pipelines: Pipelines,
                           handler_models: HandlerModels | None = None) -> None:
     """TorchServe's InferenceAPIsService on the gRPC server."""
     add_service(pb_grpc.add_InferenceAPIsServiceServicer_to_server,

@@ -25,8 +25,8 @@ from starlette.routing import BaseRoute, Route
 
 from serving.errors import InvalidInput
 from serving.handlers.http import answer_response, handler_request, v1_body
+from serving.tasks.kinds import TaskResult
 from serving.tasks.options import TaskOptions
-from serving.tasks.registry import TaskResult
 from serving.transport import traced
 from serving.transport.disconnect import cancel_on_disconnect
 from serving.transport.http_app import header, read_body
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from serving.core.service import InferenceService
     from serving.handlers.models import HandlerModels
     from serving.settings import Settings
-    from serving.tasks.registry import TaskRegistry
+    from serving.tasks.pipelines import Pipelines
 
 log = logging.getLogger(__name__)
 MAX_PARTS = 64
@@ -147,7 +147,7 @@ async def _multipart(request: Request, body: bytes) -> list[bytes]:
 
 
 class TorchServeHandlers:
-    def __init__(self, service: InferenceService, pipelines: TaskRegistry,
+    def __init__(self, service: InferenceService, pipelines: Pipelines,
                  settings: Settings, handler_models: HandlerModels | None = None) -> None:
         self.service = service
         self.pipelines = pipelines
@@ -262,7 +262,7 @@ def api_description(service: InferenceService) -> dict[str, Any]:
     }
 
 
-def torchserve_routes(service: InferenceService, pipelines: TaskRegistry,
+def torchserve_routes(service: InferenceService, pipelines: Pipelines,
                       settings: Settings, handler_models: HandlerModels | None = None
                       ) -> list[BaseRoute]:
     h = TorchServeHandlers(service, pipelines, settings, handler_models)

@@ -15,6 +15,7 @@ from serving.core.repository import ModelRepository
 from serving.core.service import InferenceService
 from serving.core.types import InferRequest, InferResponse, Tensor
 from serving.errors import InvalidInput
+from serving.store import read_model_spec
 
 
 def _batched_strings(store: Path) -> None:
@@ -45,7 +46,7 @@ def test_a_non_utf8_request_fails_alone_and_its_batch_mate_succeeds(tmp_path: Pa
     _batched_strings(tmp_path)
 
     async def main() -> list[InferResponse | BaseException]:
-        service = InferenceService(ModelRepository(tmp_path, device="cpu"),
+        service = InferenceService(ModelRepository(tmp_path, reader=read_model_spec, device="cpu"),
                                    Metrics(CollectorRegistry(), gpu=False), server_version="0")
         await service.start()
         try:

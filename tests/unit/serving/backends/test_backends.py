@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from serving.backends import BackendSpec, create_backend, platform_of
+from serving.backends import BackendSpec, create_backend
 from serving.backends.devices import cuda_device_count, resolve_device
-from serving.core.config import read_config
 from serving.generated import model_config_pb2
+from serving.store.reader import platform_of, read_config, spec_of
 from tests.unit.serving.conftest import tiny_reference
 
 
 def spec(store: Path, name: str, device: str = "cpu", instances: int = 1) -> BackendSpec:
-    return BackendSpec(read_config(store / name, name), store / name / "1", device, instances)
+    return BackendSpec(spec_of(read_config(store / name, name)).backend, store / name / "1", device,
+                       instances)
 
 
 def sample(n: int) -> np.ndarray:
@@ -40,14 +41,16 @@ def test_onnx_runtime_runs_any_batch_size(tiny_store: Path, name: str) -> None:
 def test_onnx_threads_come_from_config_parameters(tiny_store: Path) -> None:
     config = read_config(tiny_store / "tiny", "tiny")
     config.parameters["intra_op_thread_count"].string_value = "3"
-    backend = create_backend(BackendSpec(config, tiny_store / "tiny" / "1", "cpu", 1))
+    backend = create_backend(BackendSpec(spec_of(config).backend, tiny_store / "tiny" / "1",
+                                         "cpu", 1))
     opts = backend._session.get_session_options()  # type: ignore[attr-defined]
     assert opts.intra_op_num_threads == 3
-    default = BackendSpec(read_config(tiny_store / "tiny", "tiny"), tiny_store, "cpu", 64)
+    default = BackendSpec(spec_of(read_config(tiny_store / "tiny", "tiny")).backend, tiny_store,
+                          "cpu", 64)
     assert default.intra_op_threads() == 1, "many instances share the cores"
     config.parameters["intra_op_thread_count"].string_value = "many"
     with pytest.raises(ValueError, match="intra_op_thread_count"):
-        BackendSpec(config, tiny_store, "cpu", 1).intra_op_threads()
+        spec_of(config)
 
 
 def test_torchscript_maps_tuple_outputs_to_config_names(tiny_store: Path) -> None:
@@ -78,7 +81,7 @@ def test_torchscript_dict_and_tensor_outputs(tiny_store: Path, tmp_path: Path) -
         vdir.mkdir(parents=True)
         torch.jit.script(module).save(str(vdir / "model.pt"))
         config = read_config(tiny_store / "tiny_ts", "tiny_ts")
-        backend = create_backend(BackendSpec(config, vdir, "cpu", 1))
+        backend = create_backend(BackendSpec(spec_of(config).backend, vdir, "cpu", 1))
         out = backend.run({"input": x}, outputs)
         factor = 2 if isinstance(module, AsDict) else 1
         np.testing.assert_array_equal(out["logits"], x.reshape(2, 16)[:, :3] * factor)
@@ -106,7 +109,7 @@ def test_device_strings() -> None:
     assert resolve_device("cpu") == ("cpu", False)
     assert resolve_device("cuda:1") == ("cuda:1", True)
     assert resolve_device("auto")[0] == ("cuda:0" if cuda_device_count() else "cpu")
-    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N, got 'tpu'"):
         resolve_device("tpu")
 
 
@@ -156,7 +159,7 @@ def test_onnx_string_tensors_round_trip_bytes(tmp_path: Path) -> None:
         'name: "s" platform: "onnxruntime_onnx" max_batch_size: 4 '
         'input { name: "text" data_type: TYPE_STRING dims: [1] } '
         'output { name: "same" data_type: TYPE_STRING dims: [1] }', model_config_pb2.ModelConfig())
-    backend = create_backend(BackendSpec(config, tmp_path / "1", "cpu", 1))
+    backend = create_backend(BackendSpec(spec_of(config).backend, tmp_path / "1", "cpu", 1))
     words = np.array([[b"hello"], ["caf\u00e9".encode()], [b""]], dtype=np.object_)
     out = backend.run({"text": words}, ["same"])["same"]
     assert out.tolist() == words.tolist()

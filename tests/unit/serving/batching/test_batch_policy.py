@@ -6,12 +6,14 @@ import pytest
 from google.protobuf import text_format
 
 from serving.batching import QueuePolicy, policy_from_config
+from serving.batching.policy import BatchConfig
 from serving.errors import InvalidInput
 from serving.generated import model_config_pb2
+from serving.store.reader import batch_config
 
 
-def parse(text: str) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
+def parse(text: str) -> BatchConfig:
+    return batch_config(text_format.Parse(text, model_config_pb2.ModelConfig()))
 
 
 def test_full_dynamic_batching_block_is_read() -> None:

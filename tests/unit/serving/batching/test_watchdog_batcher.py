@@ -11,10 +11,11 @@ import pytest
 from google.protobuf import text_format
 
 from serving.batching import BatchPolicy, DynamicBatcher, FakeClock, QueuePolicy, policy_from_config
-from serving.batching.policy import QueueDefaults
+from serving.batching.policy import BatchConfig, QueueDefaults
 from serving.errors import BackendError, ModelNotReady, QueueFull, RequestTimeout
 from serving.generated import model_config_pb2
 from serving.logs import request_id_var
+from serving.store.reader import batch_config
 from tests.unit.serving.batching.test_batcher import Model, busy, dyn, req, run, settle, until
 
 
@@ -100,8 +101,8 @@ def test_backend_exception_text_never_reaches_the_client() -> None:
     run(body)
 
 
-def parse(text: str) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
+def parse(text: str) -> BatchConfig:
+    return batch_config(text_format.Parse(text, model_config_pb2.ModelConfig()))
 
 
 @pytest.mark.parametrize(("text", "instances", "bound"), [

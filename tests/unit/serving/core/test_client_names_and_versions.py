@@ -11,10 +11,11 @@ import grpc
 import pytest
 from grpc import aio
 
-from serving.core.config import available_versions
 from serving.core.repository import ModelRepository
 from serving.core.validation import check_version
+from serving.core.versions import available_versions
 from serving.errors import MESSAGE_BYTES, InvalidInput, ModelNotFound, bounded_message
+from serving.store import read_model_spec
 from serving.transport.errors import grpc_errors
 
 ODD_VERSIONS = ["9" * 5000, "9" * 20, "²", "١", "1.5", "-1", " 1"]
@@ -23,7 +24,7 @@ ODD_VERSIONS = ["9" * 5000, "9" * 20, "²", "١", "1.5", "-1", " 1"]
 @pytest.mark.parametrize("version", ODD_VERSIONS, ids=lambda v: f"{v[:6]!r}x{len(v)}")
 def test_odd_versions_are_not_found_before_any_integer_conversion(
         tiny_store: Path, version: str) -> None:
-    repo = ModelRepository(tiny_store, device="cpu")
+    repo = ModelRepository(tiny_store, reader=read_model_spec, device="cpu")
     repo.scan()
 
     async def main() -> None:
@@ -46,7 +47,7 @@ def test_versions_of_up_to_19_digits_are_versions() -> None:
 
 
 def test_messages_quote_long_names_shortened_and_keep_their_end(tmp_path: Path) -> None:
-    repo = ModelRepository(tmp_path, device="cpu")
+    repo = ModelRepository(tmp_path, reader=read_model_spec, device="cpu")
     with pytest.raises(ModelNotFound) as caught:
         repo.entry("x" * 10_000)
     assert "(10000 characters)" in caught.value.message

@@ -16,6 +16,7 @@ from serving.core.repository import ModelRepository
 from serving.core.service import InferenceService
 from serving.core.types import InferRequest, RequestedOutput, Tensor
 from serving.errors import FailureReason, InvalidInput
+from serving.store import read_model_spec
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -35,7 +36,7 @@ def test_request_batch_and_failure_families_move_by_the_right_amounts(tiny_store
     metrics = Metrics(registry, gpu=False)
 
     async def main() -> None:
-        service = InferenceService(ModelRepository(tiny_store, device="cpu"), metrics,
+        service = InferenceService(ModelRepository(tiny_store, reader=read_model_spec, device="cpu"), metrics,
                                    server_version="1")
         await service.start()
         x = np.zeros((3, 1, 4, 4), np.float32)
@@ -77,7 +78,8 @@ def test_methods_and_large_values_render_without_exponents() -> None:
 def test_gpu_collector_is_absent_or_reports_every_gpu() -> None:
     collector = GpuCollector.create()
     if collector is None:  # no GPU here: nothing registered, nothing harmful
-        assert not Metrics(CollectorRegistry(), process=False).has_gpu_collector
+        text = Metrics(CollectorRegistry(), process=False).exposition().decode()
+        assert "capserve_gpu_" not in text and "nv_gpu_" not in text
         return
     families = {f.name: f for f in collector.collect()}
     assert {"capserve_gpu_utilization_ratio", "nv_gpu_memory_total_bytes"} <= set(families)

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from serving.core.config import read_config, read_labels, select_versions
 from serving.core.repository import ModelRepository
+from serving.core.versions import select_versions
 from serving.errors import InvalidInput, ModelNotFound, ModelNotReady
+from serving.store import read_model_spec
+from serving.store.reader import read_config, read_labels, spec_of
 
 
 def versions(store: Path, name: str, *numbers: int) -> None:
@@ -47,19 +49,19 @@ def test_config_defaults_and_checks(tmp_path: Path) -> None:
 def test_version_policies(tiny_store: Path) -> None:
     versions(tiny_store, "tiny", 2, 3, 10)
     d = tiny_store / "tiny"
-    assert select_versions(d, read_config(d, "tiny")) == ["10"]
+    assert select_versions(d, spec_of(read_config(d, "tiny")).version_policy) == ["10"]
     set_policy(tiny_store, "tiny", "latest { num_versions: 2 }")
-    assert select_versions(d, read_config(d, "tiny")) == ["3", "10"]
+    assert select_versions(d, spec_of(read_config(d, "tiny")).version_policy) == ["3", "10"]
     (d / "config.pbtxt").write_text((d / "config.pbtxt").read_text().replace(
         "latest { num_versions: 2 }", "specific { versions: [1, 3] }"))
-    assert select_versions(d, read_config(d, "tiny")) == ["1", "3"]
+    assert select_versions(d, spec_of(read_config(d, "tiny")).version_policy) == ["1", "3"]
     (d / "config.pbtxt").write_text((d / "config.pbtxt").read_text().replace(
         "specific { versions: [1, 3] }", "all { }"))
-    assert select_versions(d, read_config(d, "tiny")) == ["1", "2", "3", "10"]
+    assert select_versions(d, spec_of(read_config(d, "tiny")).version_policy) == ["1", "2", "3", "10"]
     (d / "config.pbtxt").write_text((d / "config.pbtxt").read_text().replace(
         "all { }", "specific { versions: [4] }"))
     with pytest.raises(ValueError, match=r"missing versions \[4\]"):
-        select_versions(d, read_config(d, "tiny"))
+        select_versions(d, spec_of(read_config(d, "tiny")).version_policy)
 
 
 def test_labels_follow_label_filename(tiny_store: Path) -> None:
@@ -74,7 +76,7 @@ def test_labels_follow_label_filename(tiny_store: Path) -> None:
 def test_versions_default_and_routing(tiny_store: Path) -> None:
     versions(tiny_store, "tiny", 2, 3)
     set_policy(tiny_store, "tiny", "all { }")
-    repo = ModelRepository(tiny_store, device="cpu")
+    repo = ModelRepository(tiny_store, reader=read_model_spec, device="cpu")
     repo.scan()
 
     async def main() -> None:
@@ -100,7 +102,7 @@ def test_versions_default_and_routing(tiny_store: Path) -> None:
 def test_add_model_dir_from_outside_the_store(tiny_store: Path, tmp_path: Path) -> None:
     outside = tmp_path / "unpacked" / "whatever"
     shutil.copytree(tiny_store / "tiny", outside)
-    repo = ModelRepository(tmp_path / "empty_store_dir", device="cpu")
+    repo = ModelRepository(tmp_path / "empty_store_dir", reader=read_model_spec, device="cpu")
     (tmp_path / "empty_store_dir").mkdir()
     assert repo.scan() == []
     repo.add_model_dir("archived", outside)
@@ -110,7 +112,7 @@ def test_add_model_dir_from_outside_the_store(tiny_store: Path, tmp_path: Path) 
     async def main() -> None:
         await repo.load("archived")
         loaded = repo.resolve("archived")
-        assert loaded.config.name == "archived" and loaded.model_dir == outside
+        assert loaded.spec.name == "archived" and loaded.model_dir == outside
         await loaded.close()
 
     asyncio.run(main())
@@ -118,10 +120,10 @@ def test_add_model_dir_from_outside_the_store(tiny_store: Path, tmp_path: Path) 
 
 def test_missing_store_and_directory_without_config(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a directory"):
-        ModelRepository(tmp_path / "nope").scan()
+        ModelRepository(tmp_path / "nope", reader=read_model_spec).scan()
     (tmp_path / "store" / "m" / "1").mkdir(parents=True)
     (tmp_path / "store" / "notes").mkdir()
-    repo = ModelRepository(tmp_path / "store")
+    repo = ModelRepository(tmp_path / "store", reader=read_model_spec)
     assert repo.scan() == ["m"]
 
     async def main() -> None:

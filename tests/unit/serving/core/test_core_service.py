@@ -21,6 +21,7 @@ from serving.errors import (
     ModelNotReady,
     ServerNotReady,
 )
+from serving.store import read_model_spec
 from tests.unit.serving.conftest import tiny_reference
 
 Body = Callable[[InferenceService], Awaitable[None]]
@@ -29,7 +30,7 @@ Body = Callable[[InferenceService], Awaitable[None]]
 def with_service(store: Path, body: Body, registry: CollectorRegistry | None = None) -> None:
     async def main() -> None:
         metrics = Metrics(registry or CollectorRegistry(), gpu=False)
-        service = InferenceService(ModelRepository(store, device="cpu"), metrics,
+        service = InferenceService(ModelRepository(store, reader=read_model_spec, device="cpu"), metrics,
                                    server_version="9.9")
         await service.start()
         try:
@@ -147,9 +148,9 @@ def test_metadata_config_index_and_description(tiny_store: Path) -> None:
         assert m.platform == "onnxruntime_onnx" and m.versions == ("1",)
         assert m.inputs[0].shape == (-1, 1, 4, 4) and m.outputs[0].shape == (-1, 3)
         assert s.model_metadata("fixed").inputs[0].shape == (1, 1, 4, 4)
-        assert s.model_config("tiny_ts").platform == "pytorch_libtorch"
-        assert s.model_config("tiny").name == "tiny"
-        assert s.model_parameters("tiny") == {"task": "classification"}
+        assert s.model_spec("tiny_ts").platform == "pytorch_libtorch"
+        assert s.model_spec("tiny").name == "tiny"
+        assert s.model_spec("tiny").parameters == {"task": "classification"}
         assert s.model_labels("tiny") == ["cat", "dog", "bird"] and s.model_labels("tiny_ts") == []
         assert s.model_names() == ["fixed", "tiny", "tiny_ext", "tiny_ts"]
         index = {(e.name, e.version): e.state for e in s.repository_index()}

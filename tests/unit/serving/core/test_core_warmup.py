@@ -12,6 +12,7 @@ import pytest
 
 from serving.core.repository import ModelRepository
 from serving.core.types import InferRequest, Tensor
+from serving.store import read_model_spec
 from tests.unit.serving.conftest import tiny_reference
 
 
@@ -26,7 +27,7 @@ def _add(store: Path, model: str, text: str) -> None:
 
 
 def _load(store: Path, model: str) -> ModelRepository:
-    repo = ModelRepository(store, device="cpu")
+    repo = ModelRepository(store, reader=read_model_spec, device="cpu")
     repo.scan()
     asyncio.run(repo.load(model))
     return repo
@@ -97,7 +98,7 @@ def test_the_served_answer_is_unchanged_by_warmup(tiny_store: Path) -> None:
     x = np.full((1, 1, 4, 4), 0.5, np.float32)
 
     async def main() -> np.ndarray:
-        service = InferenceService(ModelRepository(tiny_store, device="cpu"),
+        service = InferenceService(ModelRepository(tiny_store, reader=read_model_spec, device="cpu"),
                                    Metrics(CollectorRegistry(), process=False, gpu=False),
                                    server_version="t")
         await service.start()
@@ -116,11 +117,13 @@ def test_a_model_without_batching_needs_the_whole_tensor_in_its_file(tmp_path: P
 
     from serving.core.warmup import warmup_samples
     from serving.generated import model_config_pb2
+    from serving.store.reader import spec_of
 
-    config = text_format.Parse(
+    message = text_format.Parse(
         'name: "m" max_batch_size: 0 input { name: "x" data_type: TYPE_FP32 dims: [2, 4] } '
         'model_warmup { name: "row" inputs { key: "x" value { data_type: TYPE_FP32 dims: [2, 4] '
         'input_data_file: "row.bin" } } }', model_config_pb2.ModelConfig())
+    config = spec_of(message)
     (tmp_path / "warmup").mkdir()
     (tmp_path / "warmup" / "row.bin").write_bytes(np.arange(4, dtype="<f4").tobytes())
     with pytest.raises(ValueError, match=r"'row.bin' holds 16 bytes; shape \[2, 4\]"):

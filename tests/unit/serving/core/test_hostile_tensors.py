@@ -19,7 +19,6 @@ from serving.core.types import InferRequest, InferResponse, Tensor
 from serving.core.validation import (
     DEFAULT_LIMITS,
     ElementBudget,
-    RequestRules,
     TensorLimits,
     check_request,
     check_version,
@@ -29,6 +28,7 @@ from serving.errors import InvalidInput, ModelNotFound, ResponseTooLarge
 from serving.generated import grpc_service_pb2 as pb
 from serving.generated import model_config_pb2
 from serving.settings import Settings
+from serving.store.reader import spec_of
 from serving.transport import grpc_converters as conv
 from serving.transport import http_codec as codec
 from serving.transport.http_app import _raw_shape
@@ -297,7 +297,7 @@ def test_huge_priority_or_timeout_parameters_are_invalid() -> None:
     config = model_config_pb2.ModelConfig(name="m", max_batch_size=4)
     config.input.add(name="x", data_type=model_config_pb2.TYPE_FP32, dims=[2])
     config.output.add(name="y", data_type=model_config_pb2.TYPE_FP32, dims=[2])
-    rules = RequestRules.of(config)
+    rules = spec_of(config).rules
     x = np.zeros((1, 2), np.float32)
     for key, value in (("timeout", 10**400), ("priority", 1e300)):
         request = InferRequest("m", [Tensor("x", "FP32", (1, 2), x)], parameters={key: value})

@@ -10,6 +10,7 @@ from serving.core.types import InferRequest, Tensor
 from serving.core.validation import RequestRules, check_request
 from serving.errors import InvalidInput
 from serving.generated import model_config_pb2
+from serving.store.reader import spec_of
 
 
 def _rules(**parameters: str) -> RequestRules:
@@ -18,7 +19,7 @@ def _rules(**parameters: str) -> RequestRules:
     config.output.add(name="logits", data_type=model_config_pb2.TYPE_FP32, dims=[3, -1, -1])
     for key, value in parameters.items():
         config.parameters[key].string_value = value
-    return RequestRules.of(config)
+    return spec_of(config).rules
 
 
 def _request(*shape: int) -> InferRequest:

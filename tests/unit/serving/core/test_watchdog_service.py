@@ -27,6 +27,7 @@ from serving.errors import (
     RequestTimeout,
     ServerNotReady,
 )
+from serving.store import read_model_spec
 from tests.unit.serving.core.test_core_service import image, request
 
 Body = Callable[[InferenceService], Awaitable[None]]
@@ -34,7 +35,7 @@ Body = Callable[[InferenceService], Awaitable[None]]
 
 def with_service(store: Path, body: Body, **limits: Any) -> None:
     async def main() -> None:
-        repo = ModelRepository(store, device="cpu", limits=ServiceLimits(**limits))
+        repo = ModelRepository(store, reader=read_model_spec, device="cpu", limits=ServiceLimits(**limits))
         service = InferenceService(repo, Metrics(CollectorRegistry(), gpu=False),
                                    server_version="9.9")
         await service.start()

@@ -156,10 +156,11 @@ async def dialect(store: Path, **settings_kw: Any) -> AsyncIterator[Dialect]:
     from serving.core.repository import ModelRepository
     from serving.core.service import InferenceService
     from serving.settings import Settings
+    from serving.store import read_model_spec
     from serving.transport.torchserve.dialect import build_torchserve
 
     settings = Settings(model_store=store, device="cpu", image_workers=2, **settings_kw)
-    repository = ModelRepository(store, device="cpu")
+    repository = ModelRepository(store, reader=read_model_spec, device="cpu")
     service = InferenceService(repository, Metrics(CollectorRegistry(), process=False, gpu=False),
                                server_version="test")
     parts = build_torchserve(service, settings, repository.add_model_dir)

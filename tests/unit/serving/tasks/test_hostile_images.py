@@ -15,7 +15,7 @@ from PIL import GifImagePlugin, Image, TiffImagePlugin
 
 from serving.errors import PayloadTooLarge
 from serving.settings import Settings
-from serving.tasks import registry as registry_mod
+from serving.tasks import pipelines as pipelines_mod
 from serving.tasks.images import decode_image, is_small_image, to_color
 from serving.tasks.spec import TaskSpec
 
@@ -79,16 +79,16 @@ def test_gif_frame_size_is_checked_against_the_pixel_limit() -> None:
 
 def test_big_gif_frame_is_prepared_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[str] = []
-    real = registry_mod.prepare
+    real = pipelines_mod.prepare
 
     def spy(*args: object) -> object:
         threads.append(threading.current_thread().name)
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(registry_mod, "prepare", spy)
+    monkeypatch.setattr(pipelines_mod, "prepare", spy)
     spec = TaskSpec.from_parameters("m", {"task": "classification", "input_color": "L",
                                           "input_height": "28", "input_width": "28"})
-    pipelines = registry_mod.TaskRegistry(None, Settings(image_workers=1))  # type: ignore[arg-type]
+    pipelines = pipelines_mod.Pipelines(None, Settings(image_workers=1))  # type: ignore[arg-type]
     try:
         asyncio.run(pipelines._prepare(spec, _gif_with_screen((1, 1), (1500, 1500))))
     finally:

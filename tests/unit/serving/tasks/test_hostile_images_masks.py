@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,11 @@ from serving.core.types import InferRequest, InferResponse, Tensor
 from serving.errors import PayloadTooLarge
 from serving.generated import model_config_pb2
 from serving.settings import Settings
+from serving.store.reader import spec_of
+from serving.tasks import pipelines as pipelines_mod
 from serving.tasks import postprocess as post
-from serving.tasks import registry as registry_mod
 from serving.tasks.options import TaskOptions
+from serving.tasks.pipelines import Pipelines
 
 SEG_CONFIG = """
 max_batch_size: 0
@@ -34,16 +37,14 @@ class FakeSegmenter:
     brightest channel of each fed pixel."""
 
     def __init__(self) -> None:
-        self.config = text_format.Parse(SEG_CONFIG, model_config_pb2.ModelConfig())
+        config = text_format.Parse(SEG_CONFIG, model_config_pb2.ModelConfig())
+        self.handle = SimpleNamespace(name="seg", version="1", spec=spec_of(config, ["bg", "a", "b"]))
         self.calls = 0
 
-    def model_config_view(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
-        return self.config
+    def resolve(self, name: str, version: str = "") -> SimpleNamespace:
+        return self.handle
 
-    def model_labels(self, name: str, version: str = "") -> list[str]:
-        return ["bg", "a", "b"]
-
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(self, request: InferRequest, loaded: object = None) -> InferResponse:
         self.calls += 1
         data = request.inputs[0].data
         return InferResponse(request.model_name, "1", [Tensor("logits", "FP32", data.shape, data)])
@@ -57,7 +58,7 @@ def _png(size: tuple[int, int]) -> bytes:
 
 def _predict(images: list[bytes], options: TaskOptions, **settings: Any) -> list[Any]:
     service = FakeSegmenter()
-    pipelines = registry_mod.TaskRegistry(service, Settings(image_workers=1, **settings))  # type: ignore[arg-type]
+    pipelines = Pipelines(service, Settings(image_workers=1, **settings))  # type: ignore[arg-type]
     try:
         return asyncio.run(pipelines.predict("seg", "", images, options))
     finally:
@@ -104,8 +105,8 @@ def test_images_of_one_request_share_the_json_budget() -> None:
 def test_images_of_one_request_are_bounded_together_before_decoding(
         monkeypatch: pytest.MonkeyPatch) -> None:
     decoded: list[int] = []
-    real = registry_mod.prepare
-    monkeypatch.setattr(registry_mod, "prepare",
+    real = pipelines_mod.prepare
+    monkeypatch.setattr(pipelines_mod, "prepare",
                         lambda *a: decoded.append(1) or real(*a))
     images = [_png((500, 400))] * 6  # 200,000 pixels each, each under max_image_pixels
     with pytest.raises(PayloadTooLarge, match=r"6 images of this request have 1200000 pixels "

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from serving.errors import InvalidInput, PayloadTooLarge
-from serving.tasks.images import decode_image, prepare, resize_for, to_color
+from serving.tasks.images import decode_image, prepare, resize_with_box, to_color
 from serving.tasks.spec import TaskSpec
 
 DATA = Path(__file__).resolve().parents[3] / "data"
@@ -128,6 +128,10 @@ def test_prepare_normalises_chw() -> None:
     ref = (np.asarray(Image.open(io.BytesIO(data)), dtype=np.float32) / 255 - 0.5) / 0.25
     assert out.tensor.shape == (1, 28, 28) and out.tensor.dtype == np.float32
     np.testing.assert_allclose(out.tensor[0], ref, rtol=1e-6)
+
+
+def resize_for(spec: TaskSpec, image: Image.Image) -> Image.Image:
+    return resize_with_box(spec, image)[0]
 
 
 def test_resize_policies() -> None:
