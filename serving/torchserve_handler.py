@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.archives.mar import labels_from_index
+from serving.archives.mar import NOT_PARAMETERS, TASK_FILE, labels_from_index
 from serving.errors import PayloadTooLarge, ServingError
 from serving.tasks.images import Prepared, prepare
 from serving.tasks.kinds import Task, TaskResult, task_of
@@ -27,14 +27,12 @@ from serving.tasks.options import TaskOptions
 from serving.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
-TASK_FILE = "capserve_task.json"
-_NOT_PARAMETERS = ("inputs", "outputs", "max_batch_size", "name", "labels")
 DEFAULT_MAX_PIXELS = 25_000_000  # the server's max_image_pixels default
 
 
 def task_parameters(task: Mapping[str, Any]) -> dict[str, str]:
     """The config.pbtxt ``parameters`` part of ``capserve_task.json`` (all values strings)."""
-    return {k: str(v) for k, v in task.items() if k not in _NOT_PARAMETERS}
+    return {k: str(v) for k, v in task.items() if k not in NOT_PARAMETERS}
 
 
 def read_labels(model_dir: Path) -> list[str]:
