@@ -15,6 +15,10 @@ A region is reference-counted: unregistering takes its name away at once (new re
 "Unable to find", the name can be registered again), while the mapping stays open until the
 requests that already hold it have finished, so their views never dangle.
 
+CUDA regions (Triton's CUDA shared-memory extension, :mod:`serving.core.cuda_shm`) live in the
+same table under the same rules: one namespace for both kinds, as in Triton, the same bounds
+and size checks, the same reference counts; status and unregister name one kind each.
+
 Pure core: no wire imports; the transports parse parameters and call :class:`ShmScope`.
 """
 
@@ -33,6 +37,16 @@ from typing import Any
 import numpy as np
 
 from serving.core import datatypes
+from serving.core.cuda_shm import (
+    IPC_HANDLE_BYTES,
+    CudaArray,
+    CudaError,
+    CudaIpc,
+    CudaOpener,
+    CudaRegionStatus,
+    CudaUnavailable,
+    DeviceBuffer,
+)
 from serving.core.types import InferResponse, ParamValue
 from serving.errors import AlreadyExists, InvalidInput, ModelNotFound, ServingError, shown
 
@@ -46,6 +60,7 @@ DEFAULT_MAX_REGIONS = 256  # each region holds a file descriptor and a mapping
 MAX_NAME_CHARS = 256
 # POSIX shm keys: one path component under /dev/shm, optionally written with a leading "/".
 _KEY = re.compile(r"/?[A-Za-z0-9._@:+=-]{1,250}")
+SYSTEM, CUDA = "system", "cuda"
 
 
 class RegionNotFound(ModelNotFound):
@@ -60,11 +75,22 @@ class RegionStatus:
     byte_size: int
 
 
+def _check_bounds(name: str, region_size: int, offset: int, byte_size: int, what: str) -> None:
+    if offset < 0 or byte_size < 0 or offset + byte_size > region_size:
+        raise InvalidInput(
+            f"Invalid offset + byte size for shared memory region: "
+            f"'{shown(name)}' ({what}: offset {offset} + byte size "
+            f"{byte_size} is past the region's {region_size} bytes)")
+
+
 class _Region:
     """One registered slice ``[offset, offset + byte_size)`` of a mapped shm object."""
 
+    kind = SYSTEM
+
     def __init__(self, status: RegionStatus, fd: int, mapping: mmap.mmap) -> None:
         self.status = status
+        self.name = status.name
         self._fd = fd
         self._map = mapping
         self.users = 0  # requests holding it (guarded by the registry's lock)
@@ -81,13 +107,19 @@ class _Region:
 
     def view(self, offset: int, byte_size: int, what: str) -> memoryview:
         """``byte_size`` bytes at ``offset`` into the region, as a view of the mapping."""
-        if offset < 0 or byte_size < 0 or offset + byte_size > self.status.byte_size:
-            raise InvalidInput(
-                f"Invalid offset + byte size for shared memory region: "
-                f"'{shown(self.status.name)}' ({what}: offset {offset} + byte size "
-                f"{byte_size} is past the region's {self.status.byte_size} bytes)")
+        _check_bounds(self.status.name, self.status.byte_size, offset, byte_size, what)
         start = self.status.offset + offset
         return memoryview(self._map)[start:start + byte_size]
+
+    def check_bounds(self, offset: int, byte_size: int, what: str) -> None:
+        _check_bounds(self.status.name, self.status.byte_size, offset, byte_size, what)
+
+    def input_bytes(self, offset: int, byte_size: int, what: str) -> memoryview:
+        return self.view(offset, byte_size, what)  # no copy
+
+    def write(self, offset: int, src: np.ndarray, what: str) -> None:
+        self.check_object()
+        np.frombuffer(self.view(offset, src.size, what), np.uint8)[:] = src
 
     def close(self) -> None:
         # A view made from it may still be alive somewhere (an array a backend kept): then
@@ -96,6 +128,56 @@ class _Region:
             self._map.close()
         with contextlib.suppress(OSError):
             os.close(self._fd)
+
+
+class _CudaRegion:
+    """A registered CUDA IPC allocation: ``byte_size`` bytes from the handle's pointer."""
+
+    kind = CUDA
+
+    def __init__(self, status: CudaRegionStatus, buffer: DeviceBuffer) -> None:
+        self.status = status
+        self.name = status.name
+        self.buffer = buffer
+        self.users = 0
+        self.retired = False
+
+    def check_object(self) -> None:
+        """Nothing to re-check: device memory cannot shrink under an open IPC mapping."""
+
+    def check_bounds(self, offset: int, byte_size: int, what: str) -> None:
+        _check_bounds(self.status.name, self.status.byte_size, offset, byte_size, what)
+
+    def input_bytes(self, offset: int, byte_size: int, what: str) -> memoryview:
+        """A host copy: the batcher and the backends take numpy arrays."""
+        self.check_bounds(offset, byte_size, what)
+        out = np.empty(byte_size, np.uint8)
+        self._cuda(lambda: self.buffer.to_host(offset, out), what)
+        return out.data
+
+    def device_array(self, offset: int, byte_size: int, shape: tuple[int, ...],
+                     dtype: np.dtype[Any], what: str) -> CudaArray:
+        """The slice on the device, for a consumer on the same GPU (no host copy)."""
+        self.check_bounds(offset, byte_size, what)
+        return CudaArray(self.buffer, offset, shape, dtype)
+
+    def write(self, offset: int, src: np.ndarray, what: str) -> None:
+        self.check_bounds(offset, src.size, what)
+        self._cuda(lambda: self.buffer.from_host(offset, src), what)
+
+    def _cuda(self, call: Any, what: str) -> None:
+        try:
+            call()
+        except CudaError as exc:
+            raise InvalidInput(f"{what}: CUDA shared memory region '{shown(self.name)}': "
+                               f"{exc}") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(CudaError):
+            self.buffer.close()
+
+
+AnyRegion = _Region | _CudaRegion
 
 
 def _open_object(key: str) -> int:
@@ -133,10 +215,12 @@ def _check_slice(name: str, key: str, offset: int, byte_size: int, object_size: 
 class SharedMemoryRegistry:
     """The registered regions of one process; safe to call from decode threads too."""
 
-    def __init__(self, max_regions: int = DEFAULT_MAX_REGIONS) -> None:
+    def __init__(self, max_regions: int = DEFAULT_MAX_REGIONS,
+                 cuda: CudaOpener | None = None) -> None:
         self._max = max_regions
-        self._regions: dict[str, _Region] = {}
+        self._regions: dict[str, AnyRegion] = {}
         self._lock = threading.Lock()
+        self._cuda: CudaOpener = cuda if cuda is not None else CudaIpc()
 
     def check_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         """Every check :meth:`register` makes, registering nothing (a worker runs them before
@@ -158,14 +242,73 @@ class SharedMemoryRegistry:
         except BaseException:
             os.close(fd)
             raise
-        region = _Region(RegionStatus(name, key, offset, byte_size), fd, mapping)
+        self._insert(_Region(RegionStatus(name, key, offset, byte_size), fd, mapping))
+
+    def _insert(self, region: AnyRegion) -> None:
         with self._lock:
-            problem = self._refusal(name)
+            problem = self._refusal(region.name)
             if problem is None:
-                self._regions[name] = region
+                self._regions[region.name] = region
         if problem is not None:
             region.close()
             raise problem
+
+    # -- CUDA regions ----------------------------------------------------------------------
+
+    def cuda_available(self) -> bool:
+        """Whether CUDA regions can be registered here (a device is visible)."""
+        return self._cuda.available()
+
+    def register_cuda(self, name: str, raw_handle: bytes, device_id: int,
+                      byte_size: int) -> None:
+        """Open ``raw_handle`` (a ``cudaIpcMemHandle_t``) on ``device_id`` and register
+        ``byte_size`` bytes of it; the byte size must lie inside the shared allocation."""
+        self._check_name(name)
+        _check_cuda_request(name, raw_handle, device_id, byte_size)
+        failed = f"failed to register CUDA shared memory region '{shown(name)}'"
+        try:
+            buffer = self._cuda.open(bytes(raw_handle), device_id)
+        except CudaUnavailable as exc:
+            raise InvalidInput(f"CUDA shared memory requires a GPU: {exc}") from None
+        except (CudaError, ValueError) as exc:
+            raise InvalidInput(f"{failed}: {exc}") from None
+        if byte_size > buffer.extent:
+            with contextlib.suppress(CudaError):
+                buffer.close()
+            raise InvalidInput(f"{failed}: byte_size {byte_size} exceeds the {buffer.extent} "
+                               "bytes of the device allocation the handle shares")
+        self._insert(_CudaRegion(CudaRegionStatus(name, device_id, byte_size), buffer))
+
+    def unregister_cuda(self, name: str = "") -> None:
+        """Unregister CUDA region ``name`` ("" = every CUDA region)."""
+        self._unregister(name, CUDA)
+
+    def cuda_status(self, name: str = "") -> list[CudaRegionStatus]:
+        return [r.status for r in self._of_kind(name, CUDA) if isinstance(r, _CudaRegion)]
+
+    # -- both kinds ------------------------------------------------------------------------
+
+    def _of_kind(self, name: str, kind: str) -> list[AnyRegion]:
+        with self._lock:
+            if not name:
+                return [r for r in self._regions.values() if r.kind == kind]
+            region = self._regions.get(name)
+        if region is None or region.kind != kind:
+            raise RegionNotFound(f"Unable to find {kind} shared memory region: '{shown(name)}'")
+        return [region]
+
+    def _unregister(self, name: str, kind: str) -> None:
+        with self._lock:
+            names = [n for n, r in self._regions.items()
+                     if r.kind == kind and (not name or n == name)]
+            closing = []
+            for n in names:
+                region = self._regions.pop(n)
+                region.retired = True
+                if region.users == 0:
+                    closing.append(region)
+        for region in closing:
+            region.close()
 
     def _check_name(self, name: str) -> None:
         if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
@@ -185,32 +328,18 @@ class SharedMemoryRegistry:
         return None
 
     def unregister(self, name: str = "") -> None:
-        """Unregister ``name`` ("" = every region). An unknown name is not an error (Triton)."""
-        with self._lock:
-            names = list(self._regions) if not name else [name] if name in self._regions else []
-            closing = []
-            for n in names:
-                region = self._regions.pop(n)
-                region.retired = True
-                if region.users == 0:
-                    closing.append(region)
-        for region in closing:
-            region.close()
+        """Unregister system region ``name`` ("" = every system region). An unknown name is
+        not an error (Triton)."""
+        self._unregister(name, SYSTEM)
 
     def status(self, name: str = "") -> list[RegionStatus]:
-        with self._lock:
-            if not name:
-                return [r.status for r in self._regions.values()]
-            region = self._regions.get(name)
-        if region is None:
-            raise RegionNotFound(f"Unable to find system shared memory region: '{shown(name)}'")
-        return [region.status]
+        return [r.status for r in self._of_kind(name, SYSTEM) if isinstance(r, _Region)]
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._regions)
 
-    def acquire(self, name: str) -> _Region:
+    def acquire(self, name: str) -> AnyRegion:
         with self._lock:
             region = self._regions.get(name)
             if region is not None:
@@ -224,7 +353,7 @@ class SharedMemoryRegistry:
             raise
         return region
 
-    def release(self, region: _Region) -> None:
+    def release(self, region: AnyRegion) -> None:
         with self._lock:
             region.users -= 1
             close = region.retired and region.users == 0
@@ -240,6 +369,19 @@ class ShmRef:
     region: str
     offset: int
     byte_size: int
+
+
+def _check_cuda_request(name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+    failed = f"failed to register CUDA shared memory region '{shown(name)}'"
+    if not isinstance(raw_handle, bytes | bytearray) or len(raw_handle) != IPC_HANDLE_BYTES:
+        got = len(raw_handle) if isinstance(raw_handle, bytes | bytearray) else "no"
+        raise InvalidInput(f"{failed}: raw_handle must be the {IPC_HANDLE_BYTES} bytes of a "
+                           f"cudaIpcMemHandle_t, got {got} bytes")
+    if not isinstance(device_id, int) or isinstance(device_id, bool) or device_id < 0:
+        raise InvalidInput(f"{failed}: device_id must be a non-negative integer, "
+                           f"got {device_id!r}")
+    if not isinstance(byte_size, int) or isinstance(byte_size, bool) or byte_size <= 0:
+        raise InvalidInput(f"{failed}: byte_size must be > 0, got {byte_size!r}")
 
 
 def _int(value: ParamValue, key: str, where: str) -> int:
@@ -270,8 +412,8 @@ class ShmScope:
 
     def __init__(self, registry: SharedMemoryRegistry) -> None:
         self._registry = registry
-        self._held: dict[str, _Region] = {}
-        self._outputs: dict[str, tuple[_Region, ShmRef]] = {}
+        self._held: dict[str, AnyRegion] = {}
+        self._outputs: dict[str, tuple[AnyRegion, ShmRef]] = {}
 
     def __enter__(self) -> ShmScope:
         return self
@@ -279,7 +421,7 @@ class ShmScope:
     def __exit__(self, *exc: Any) -> None:
         self.release()
 
-    def _region(self, name: str) -> _Region:
+    def _region(self, name: str) -> AnyRegion:
         region = self._held.get(name)
         if region is None:
             region = self._held[name] = self._registry.acquire(name)
@@ -292,13 +434,15 @@ class ShmScope:
         ref = take_ref(params, f"input '{shown(name)}'")
         if ref is None:
             return None
-        view = self._region(ref.region).view(ref.offset, ref.byte_size, f"input '{shown(name)}'")
+        region = self._region(ref.region)
+        region.check_bounds(ref.offset, ref.byte_size, f"input '{shown(name)}'")
         if datatype != "BYTES":
             expected = datatypes.element_size(datatype) * int(np.prod(shape, dtype=np.int64))
             if ref.byte_size != expected:
                 raise InvalidInput(
                     f"input '{shown(name)}': shared_memory_byte_size {ref.byte_size} does not "
                     f"match the tensor: shape {list(shape)} {datatype} is {expected} bytes")
+        view = region.input_bytes(ref.offset, ref.byte_size, f"input '{shown(name)}'")
         return datatypes.array_from_raw(view, datatype, shape, name)
 
     def take_output(self, name: str, params: dict[str, ParamValue]) -> bool:
@@ -308,7 +452,7 @@ class ShmScope:
         if ref is None:
             return False
         region = self._region(ref.region)
-        region.view(ref.offset, ref.byte_size, f"output '{shown(name)}'")  # bounds now
+        region.check_bounds(ref.offset, ref.byte_size, f"output '{shown(name)}'")  # now
         self._outputs[name] = (region, ref)
         return True
 
@@ -338,9 +482,7 @@ class ShmScope:
                     f"shared memory size specified with the request for {where} "
                     f"({ref.byte_size} bytes) should be at least {src.size} bytes to hold "
                     "the results")
-            region.check_object()
-            dst = np.frombuffer(region.view(ref.offset, src.size, where), np.uint8)
-            dst[:] = src
+            region.write(ref.offset, src, where)
             tensor.parameters = {**tensor.parameters, REGION: ref.region,
                                  BYTE_SIZE: int(src.size)}
             if ref.offset:
