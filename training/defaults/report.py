@@ -154,24 +154,49 @@ def write_report(models: Sequence[DefaultModel], ckpt_dir: Path, docs: Path) -> 
             SAMPLERS[m.name](path, img_dir / f"{m.name}_samples.png")
             sec += [CAPTIONS[m.name], "", f"![{m.name} samples](img/models/{m.name}_samples.png)", ""]
         sections += sec
-    lines += ["", *NOTES, "", *sections, *SERVED_EXPLANATION]
+    lines += ["", *NOTES, "", *sections, *SERVED_EXPLANATION.splitlines()]
     (docs / "models.md").write_text("\n".join(lines).rstrip() + "\n")
     log.info("wrote %s", docs / "models.md")
 
 
-SERVED_EXPLANATION = [
-    "## The served CapsNet explanation", "",
-    "`curl -T tests/data/images/digit7.png localhost:8000/explanations/capsnet` answers with "
-    "the capsule lengths, the winning capsule's 16-D pose, all poses, the reconstruction and a "
-    "perturbation grid (`?format=png` returns the grid alone). The grid follows figure 4 of "
-    "Sabour et al. (2017): only the winning capsule's pose is kept, one of 11 values in "
-    "[-0.25, 0.25] is added to one dimension at a time (columns) and each variant is decoded; "
-    "row d sweeps dimension d. This is the server's answer for `digit7.png` from the default "
-    "`capsnet` (predicted 7, capsule length 0.885): row 6 (dimension 5) turns a faint thin "
-    "stroke into a thick bright one; most other rows change the digit only slightly over this "
-    "range. docs/capsules.md measures how much each dimension changes the reconstruction.", "",
-    "![served perturbation grid for digit7.png](img/capsules/served_explanation.png)", "",
-]
+# The closing section, copied from the hand-checked text of docs/models.md so that
+# `make models` rewrites the page without losing it.
+SERVED_EXPLANATION = """\
+## The served CapsNet explanation
+
+`POST` or `PUT` an image to `/explanations/capsnet` (TorchServe's explanations route; any capsule
+model of the store answers there, a plain classifier answers 400 "explanations are available for
+capsule models only"). Against `make serve`:
+
+```sh
+curl -T tests/data/images/digit7.png localhost:8000/explanations/capsnet            # JSON
+curl -T tests/data/images/digit7.png 'localhost:8000/explanations/capsnet?format=png' -o grid.png
+```
+
+| JSON field | what it is |
+|---|---|
+| `class`, `index` | the winning capsule: its label and class index |
+| `lengths` | the longest capsule lengths by label (the class confidences, not softmax) |
+| `pose` | the winning capsule's 16-D pose vector |
+| `poses` | all 10 capsules' poses (10 x 16) |
+| `reconstruction` | base64 PNG: the decoder's 28x28 image from the winning pose alone |
+| `perturbation` | `steps` (the 11 values added), `rows` ("pose dimension"), `columns` ("added value") and `grid_png`, the base64 grid below; `?format=png` (or `Accept: image/png`) answers the grid alone |
+
+How to read the grid (figure 4 of Sabour et al., 2017): only the winning capsule's pose is kept,
+one of the 11 values in [-0.25, 0.25] is added to one dimension at a time and each variant is
+decoded. Row d (top row d=0) sweeps dimension d from -0.25 (left) through the unchanged pose
+(middle column) to +0.25 (right); each tile is 28x28 with a 1-pixel grey border (320x465 pixels
+for 16 rows x 11 columns). A row whose tiles stay alike is a dimension the decoder barely uses
+for this digit; a row that changes shows what that dimension encodes.
+
+This picture is the server's own answer (`?format=png`, byte for byte) for `digit7.png` from the
+default `capsnet` (predicted 7, capsule length 0.885): row 5 (the sixth) turns a faint thin
+stroke into a thick bright one from left to right, row 11 does the reverse, and most other rows
+change the stroke's width or slant only slightly over this range. docs/capsules.md measures how
+much each dimension changes the reconstruction, for three held-out digits.
+
+![served perturbation grid for digit7.png](img/capsules/served_explanation.png)
+"""
 
 
 def _quote(arg: str) -> str:

@@ -41,3 +41,15 @@ def test_stored_accuracy_is_reproduced_on_the_test_split(name: str) -> None:
                          for i in range(0, 1000, 250)])
     accuracy = float((out.argmax(1) == ds.test_y).float().mean())
     assert accuracy == pytest.approx(ckpt["metrics"]["test_accuracy"], abs=1e-6)
+
+
+def test_make_models_rewrites_docs_models_md_unchanged(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page `make models` writes from the committed checkpoints is the committed page, so
+    rerunning it keeps the hand-checked sections (the sample pictures are not redrawn here)."""
+    from training.defaults import report
+
+    monkeypatch.setattr(report, "SAMPLERS", {name: lambda *_: None for name in report.SAMPLERS})
+    report.write_report(DEFAULT_MODELS, CHECKPOINTS, tmp_path)
+    docs = CHECKPOINTS.parent / "docs" / "models.md"
+    assert (tmp_path / "models.md").read_text() == docs.read_text()
