@@ -115,8 +115,11 @@ def _wait(server: Server, ready: Callable[[], bool], timeout: float) -> None:
 
 def start_capserve(store: Path, work: Path, prefix: list[str] | None = None,
                    extra_args: list[str] | None = None, timeout: float = 240.0,
-                   name: str = "capserve") -> Server:
-    """``python -m serving`` on free ports; ``prefix`` wraps it (py-spy record -- ...)."""
+                   name: str = "capserve", tree: Path | None = None) -> Server:
+    """``python -m serving`` on free ports; ``prefix`` wraps it (py-spy record -- ...).
+
+    ``tree`` runs the server of another checkout (an A/B of two commits) with this venv.
+    """
     http, grpc_port, metrics, management = (free_port() for _ in range(4))
     log_path = work / f"capserve-{http}.log"
     cmd = [*(prefix or []), sys.executable, "-m", "serving", "--model-store", str(store),
@@ -124,8 +127,9 @@ def start_capserve(store: Path, work: Path, prefix: list[str] | None = None,
            "--metrics-port", str(metrics), "--management-port", str(management),
            *(extra_args or [])]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                start_new_session=True)
+        env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tree or REPO_ROOT,
+                                start_new_session=True, env=env)
     server = Server(name, proc, http, grpc_port, metrics, log_path)
     _wait(server, lambda: http_get(server.http + "/v2/health/ready")[0] == 200, timeout)
     logger.info("capserve ready on %s (gRPC %s)", server.http, server.grpc_target)
