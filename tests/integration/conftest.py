@@ -85,6 +85,23 @@ def _classifier(model_dir: Path) -> None:
           labels=[f"digit_{i}" for i in range(10)])
 
 
+def _resnet_sized(model_dir: Path) -> None:
+    """ResNet's tensor shapes, not its work: [3, 224, 224] -> pooled -> linear -> logits [1000]."""
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array(rng.standard_normal((3, 1000)).astype(np.float32), "W")
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "W"], ["logits"])],
+        "resnet_sized", [x], [y], initializer=[w],
+    )
+    _save(model_dir, graph, 'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+          'input { name: "input" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] }\n'
+          'output { name: "logits" data_type: TYPE_FP32 dims: [ 1000 ] }\n')
+
+
 def _slow(model_dir: Path, depth: int, config_tail: str) -> None:
     """``y = x @ I @ I ...`` (depth identity matmuls): exact output, tunable compute time."""
     eye = numpy_helper.from_array(np.eye(SLOW_WIDTH, dtype=np.float32), "I")
@@ -107,6 +124,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _simple(store / "simple")
     _strings(store / "strings")
     _classifier(store / "classifier")
+    _resnet_sized(store / "resnet_sized")
     # One executor, one request per execution, at most 2 waiting: queue-full and timeouts.
     _slow(store / "slow", 48, "max_batch_size: 1\ninstance_group [ { count: 1 } ]\n"
           "dynamic_batching { default_queue_policy { max_queue_size: 2 allow_timeout_override: true } }\n")

@@ -150,6 +150,23 @@ def test_classifier_input_in_region_output_on_the_wire(
     np.testing.assert_allclose(result.as_numpy("logits"), want, rtol=1e-5, atol=1e-5)
 
 
+def test_resnet_sized_batch_through_regions_matches_onnx_runtime(
+        flavour: str, client: Any, regions: Regions, tiny_store: Path) -> None:
+    """A batch of 8 ResNet-shaped inputs (4.8 MB) in, 8 x 1000 logits written into the region."""
+    x = np.random.default_rng(3).random((8, 3, 224, 224), dtype=np.float32)
+    in_name, in_handle = regions.create(x.nbytes)
+    out_size = 8 * 1000 * 4
+    out_name, out_handle = regions.create(out_size)
+    shm.set_shared_memory_region(in_handle, [x])
+    result = client.infer("resnet_sized",
+                          [_shm_input(flavour, "input", list(x.shape), "FP32", in_name, x.nbytes)],
+                          outputs=[_shm_output(flavour, "logits", out_name, out_size)])
+    assert result.get_output("logits") is not None  # named in the answer, its bytes in the region
+    got = shm.get_contents_as_numpy(out_handle, np.float32, [8, 1000])
+    (want,) = _ort(tiny_store, "resnet_sized", {"input": x})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_strings_through_regions(flavour: str, client: Any, regions: Regions) -> None:
     from tritonclient.utils import serialize_byte_tensor
     data = np.array([[b"hello"], [b"shared memory"]], dtype=object)
