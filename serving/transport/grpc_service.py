@@ -2,8 +2,8 @@
 
 Thin by design: each method converts the message (``grpc_converters``), calls the core
 :class:`InferenceService`, converts the answer back; ``grpc_errors`` maps any failure through the
-one error table. Triton RPCs capserve does not implement (CUDA shared memory, trace, log
-settings) answer UNIMPLEMENTED with a message saying so.
+one error table. Triton RPCs capserve does not implement (trace, log settings) answer
+UNIMPLEMENTED with a message saying so.
 """
 
 from __future__ import annotations
@@ -31,16 +31,19 @@ from serving.transport.auth import ModelControlGate
 from serving.transport.errors import grpc_errors, grpc_status_message
 from serving.transport.grpc_tolerant import Undecodable, add_service, answers_undecodable
 from serving.transport.grpc_wire import WireInferResponse, WireStreamResponse, with_wire_codec
-from serving.transport.shared_memory import shm_gate, write_outputs_off_loop
+from serving.transport.shared_memory import (
+    cuda_status,
+    register_cuda,
+    shm_gate,
+    unregister_cuda,
+    write_outputs_off_loop,
+)
 
 logger = logging.getLogger(__name__)
 
 _SHUTDOWN = object()  # marker put into open streams' queues when the server drains
 
-_UNSUPPORTED_RPCS = (
-    "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
-    "TraceSetting", "LogSettings",
-)
+_UNSUPPORTED_RPCS = ("TraceSetting", "LogSettings")
 
 
 def _metadata_value(context: aio.ServicerContext, key: str) -> str | None:
@@ -257,6 +260,40 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._shm_gate(context)
         await self._service.unregister_shared_memory(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
+
+    # -- CUDA shared memory (the same gate) ----------------------------------------------------
+
+    async def _cuda_gate(self, context: aio.ServicerContext) -> None:
+        shm_gate(self._gate, _metadata_value(context, "authorization"), what="CUDA")
+
+    @grpc_errors
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: aio.ServicerContext
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        await self._cuda_gate(context)
+        response = pb.CudaSharedMemoryStatusResponse()
+        for region in cuda_status(self._service, request.name):
+            entry = response.regions[region.name]
+            entry.name, entry.device_id, entry.byte_size = (region.name, region.device_id,
+                                                             region.byte_size)
+        return response
+
+    @grpc_errors
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: aio.ServicerContext
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        await self._cuda_gate(context)
+        await register_cuda(self._service, request.name, request.raw_handle, request.device_id,
+                            request.byte_size)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @grpc_errors
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: aio.ServicerContext
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        await self._cuda_gate(context)
+        await unregister_cuda(self._service, request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
 
 
 def _refuse_load_parameters(request: pb.RepositoryModelLoadRequest) -> None:
