@@ -1,7 +1,9 @@
 """``python -m training ARCH`` (also ``capserve train``): train one model into a checkpoint.
 
 Shaped like torchvision's reference scripts: :func:`get_args_parser`, :func:`main` (takes the
-parsed args, returns the checkpoint dict), and the loops in :mod:`training.engine`.
+parsed args, returns the checkpoint dict), one short step per stage (load the data, build the
+model and optimizer, :func:`run_epoch` over the loops in :mod:`training.engine`, build and write
+the checkpoint).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from training import data as datasets
 from training import loaders
 from training.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from training.engine import (
+    Batch,
     CapsuleTask,
     SegmentationTask,
     StyleTask,
@@ -161,6 +166,78 @@ def make_task(spec: ArchSpec, args: argparse.Namespace, ds: datasets.ImageSet, m
     return Task()
 
 
+@dataclass(frozen=True)
+class Hyper:
+    """Epochs, batch size and learning rate: the flags, else the task's defaults."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class Images:
+    """The data set as the architecture sees it: its colour mode, side and channel statistics."""
+
+    name: str
+    ds: datasets.ImageSet
+    size: int
+    color: str
+    train_x: torch.Tensor
+    test_x: torch.Tensor
+    mean: list[float]
+    std: list[float]
+
+    def input_spec(self, spec: ArchSpec) -> dict[str, Any]:
+        return {"channels": 1 if self.color == "L" else 3, "height": int(self.test_x.shape[2]),
+                "width": int(self.test_x.shape[3]), "color": self.color, "mean": self.mean,
+                "std": self.std, "fully_convolutional": spec.fully_convolutional}
+
+
+@dataclass(frozen=True)
+class Start:
+    """The model and optimizer to train, fresh or from ``--resume``, and the epochs behind them."""
+
+    model: torch.nn.Module
+    arch_kwargs: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    history: list[dict[str, Any]]
+    epochs_done: int
+
+
+@dataclass(frozen=True)
+class Run:
+    """Everything one epoch needs: what torchvision's references pass to their loops."""
+
+    model: torch.nn.Module
+    task: Task
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    images: Images
+    batch_size: int
+    style: bool
+    augment: loaders.Augment | None
+    train_steps: int
+    max_train: int | None
+    eval_batch: int
+    eval_steps: int
+    max_eval: int | None
+    generator: torch.Generator
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    train_loss: float
+    seconds: float
+    metrics: dict[str, float]
+
+    def history_entry(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "train_loss": self.train_loss, "seconds": self.seconds,
+                **self.metrics}
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train ``args.arch``; returns the checkpoint dict (also written to ``--out``).
 
@@ -177,18 +254,45 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
+    # The order of the steps is part of the determinism contract: model construction, the
+    # style task's loss network and the batches all draw on the seeded generators.
     spec = get_spec(args.arch)
     data_name = args.data or spec.default_data
     check_data(spec, args.arch, data_name)
     device = resolve_device(args.device)
     gen = setup_determinism(args.seed, args.threads, device)
+    hyper = hyperparameters(args, spec)
+    images = load_images(args, spec, data_name)
+    start = build_start(args, spec, images, hyper.lr, device)
+    log.info("%s: %d parameters, data %s (%d train / %d test), device %s", args.arch,
+             sum(p.numel() for p in start.model.parameters()), data_name,
+             images.train_x.shape[0], images.test_x.shape[0], device)
+    run = plan_run(args, spec, images, hyper, start, gen, device)
+    started = time.monotonic()
+    history = list(start.history)
+    metrics: dict[str, float] = {}
+    last = start.epochs_done + hyper.epochs
+    for epoch in range(start.epochs_done + 1, last + 1):
+        result = run_epoch(run, epoch, last)
+        history.append(result.history_entry())
+        metrics = result.metrics
+    fields = checkpoint_fields(args, spec, run, start, hyper, history, metrics,
+                               time.monotonic() - started)
+    return write_checkpoint(output_path(args), fields, history,
+                            f"{args.arch} on {data_name}", run.task.main_metric)
+
+
+def hyperparameters(args: argparse.Namespace, spec: ArchSpec) -> Hyper:
     d_epochs, d_batch, d_lr = TASK_DEFAULTS[spec.task]
     epochs = 1 if args.dry_run else (args.epochs if args.epochs is not None else d_epochs)
     batch_size = args.batch_size or d_batch
     lr = args.lr if args.lr is not None else d_lr
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    return Hyper(epochs, batch_size, lr)
 
+
+def load_images(args: argparse.Namespace, spec: ArchSpec, data_name: str) -> Images:
     size = args.image_size or spec.size
     ds = datasets.load(data_name, size)
     color = spec.color or ds.color
@@ -196,94 +300,140 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     train_x = datasets.adapt(ds.train_x, color, fixed_size)
     test_x = datasets.adapt(ds.test_x, color, fixed_size)
     mean, std = datasets.channel_stats(ds, color)
-    height, width = (test_x.shape[2], test_x.shape[3])
+    return Images(data_name, ds, size, color, train_x, test_x, mean, std)
 
-    kwargs = model_kwargs(args, spec, ds, color, size)
+
+def build_start(args: argparse.Namespace, spec: ArchSpec, images: Images, lr: float,
+                device: torch.device) -> Start:
+    # The fresh model is built even when resuming: its kwargs are checked that way, and the
+    # draws it takes from the seeded generator keep a resumed run's dropout masks unchanged.
+    kwargs = model_kwargs(args, spec, images.ds, images.color, images.size)
     model = build_model(args.arch, **kwargs).to(device)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay)
-    if args.resume:
-        prev = load_checkpoint(args.resume)
-        if prev["arch"] != args.arch:
-            raise ValueError(f"--resume checkpoint is a {prev['arch']}, not a {args.arch}")
-        kwargs = dict(prev["arch_kwargs"])
-        model = build_model(args.arch, **kwargs).to(device)
-        model.load_state_dict(prev["state_dict"])
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=args.weight_decay)
-        if "optimizer" in prev:
-            optimizer.load_state_dict(prev["optimizer"])
-        history = list(prev["provenance"].get("history", []))
-        start_epoch = int(prev["provenance"].get("epochs", len(history)))
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("%s: %d parameters, data %s (%d train / %d test), device %s", args.arch, n_params,
-             data_name, train_x.shape[0], test_x.shape[0], device)
+    optimizer = _adam(model, lr, args.weight_decay)
+    if not args.resume:
+        return Start(model, kwargs, optimizer, [], 0)
+    prev = load_checkpoint(args.resume)
+    if prev["arch"] != args.arch:
+        raise ValueError(f"--resume checkpoint is a {prev['arch']}, not a {args.arch}")
+    kwargs = dict(prev["arch_kwargs"])
+    model = build_model(args.arch, **kwargs).to(device)
+    model.load_state_dict(prev["state_dict"])
+    optimizer = _adam(model, lr, args.weight_decay)
+    if "optimizer" in prev:
+        optimizer.load_state_dict(prev["optimizer"])
+    history = list(prev["provenance"].get("history", []))
+    return Start(model, kwargs, optimizer, history,
+                 int(prev["provenance"].get("epochs", len(history))))
 
+
+def _adam(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def plan_run(args: argparse.Namespace, spec: ArchSpec, images: Images, hyper: Hyper,
+             start: Start, gen: torch.Generator, device: torch.device) -> Run:
     style = spec.task == "style_transfer"
     max_train = 2 if args.dry_run else args.steps_per_epoch
     max_eval = 2 if args.dry_run else None
     if style:
         train_steps = max_train or 100
     else:
-        train_steps = loaders.steps_for(train_x.shape[0], batch_size, max_train)
-    eval_batch = batch_size if not style else 1
-    eval_steps = loaders.steps_for(test_x.shape[0], eval_batch, max_eval)
-    task = make_task(spec, args, ds, mean, std, size, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / (epochs * train_steps), 1.0))))
-    augment: loaders.Augment | None = None
+        train_steps = loaders.steps_for(images.train_x.shape[0], hyper.batch_size, max_train)
+    eval_batch = 1 if style else hyper.batch_size
+    eval_steps = loaders.steps_for(images.test_x.shape[0], eval_batch, max_eval)
+    task = make_task(spec, args, images.ds, images.mean, images.std, images.size, device)
+    return Run(model=start.model, task=task, optimizer=start.optimizer,
+               scheduler=cosine_schedule(start.optimizer, hyper.epochs * train_steps),
+               images=images, batch_size=hyper.batch_size, style=style,
+               augment=choose_augment(args, spec, images.name), train_steps=train_steps,
+               max_train=max_train, eval_batch=eval_batch, eval_steps=eval_steps,
+               max_eval=max_eval, generator=gen, device=device)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer,
+                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Learning rate factor from 1 down to 0 over ``total_steps`` (half a cosine), then 0."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
+
+
+def choose_augment(args: argparse.Namespace, spec: ArchSpec,
+                   data_name: str) -> loaders.Augment | None:
     if args.augment and spec.task == "segmentation":
-        augment = loaders.random_flips
-    elif args.augment and data_name in ("mnist5k", "digits"):
-        augment = loaders.random_shift(2)
+        return loaders.random_flips
+    if args.augment and data_name in ("mnist5k", "digits"):
+        return loaders.random_shift(2)
+    return None
 
-    started = time.monotonic()
-    metrics: dict[str, float] = {}
-    for epoch in range(start_epoch + 1, start_epoch + epochs + 1):
-        if style:
-            batches = loaders.crop_batches(train_steps, batch_size, size, gen)
-        else:
-            batches = loaders.tensor_batches(train_x, ds.train_y, batch_size, mean, std, gen,
-                                             augment, max_train)
-        t0 = time.monotonic()
-        train_loss = train_one_epoch(model, task, optimizer, scheduler, batches, train_steps,
-                                     epoch, start_epoch + epochs, device)
-        eval_y = ds.test_y
-        metrics = evaluate(model, task, loaders.tensor_batches(test_x, eval_y, eval_batch, mean,
-                                                               std, max_steps=max_eval),
-                           eval_steps, device, desc=f"epoch {epoch} eval")
-        history.append({"epoch": epoch, "train_loss": train_loss, "seconds": time.monotonic() - t0,
-                        **metrics})
-        log.info("epoch %d: train_loss %.4f %s", epoch, train_loss,
-                 " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
-    input_spec = {"channels": 1 if color == "L" else 3, "height": int(height), "width": int(width),
-                  "color": color, "mean": mean, "std": std,
-                  "fully_convolutional": spec.fully_convolutional}
+def run_epoch(run: Run, epoch: int, last_epoch: int) -> EpochResult:
+    """Train one epoch (:func:`training.engine.train_one_epoch`), then evaluate held out."""
+    batches = training_batches(run)
+    t0 = time.monotonic()
+    train_loss = train_one_epoch(run.model, run.task, run.optimizer, run.scheduler, batches,
+                                 run.train_steps, epoch, last_epoch, run.device)
+    metrics = evaluate_held_out(run, epoch)
+    seconds = time.monotonic() - t0
+    log.info("epoch %d: train_loss %.4f %s", epoch, train_loss,
+             " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return EpochResult(epoch, train_loss, seconds, metrics)
+
+
+def training_batches(run: Run) -> Iterator[Batch]:
+    images = run.images
+    if run.style:  # random crops of the photos; the labels are unused
+        return loaders.crop_batches(run.train_steps, run.batch_size, images.size, run.generator)
+    return loaders.tensor_batches(images.train_x, images.ds.train_y, run.batch_size, images.mean,
+                                  images.std, run.generator, run.augment, run.max_train)
+
+
+def evaluate_held_out(run: Run, epoch: int) -> dict[str, float]:
+    """The task's metrics on the test split (:func:`training.engine.evaluate`)."""
+    images = run.images
+    batches = loaders.tensor_batches(images.test_x, images.ds.test_y, run.eval_batch, images.mean,
+                                     images.std, max_steps=run.max_eval)
+    return evaluate(run.model, run.task, batches, run.eval_steps, run.device,
+                    desc=f"epoch {epoch} eval")
+
+
+def checkpoint_fields(args: argparse.Namespace, spec: ArchSpec, run: Run, start: Start,
+                      hyper: Hyper, history: list[dict[str, Any]], metrics: dict[str, float],
+                      train_seconds: float) -> dict[str, Any]:
+    """The keyword arguments of :func:`training.checkpoint.build_checkpoint` for this run."""
     provenance: dict[str, Any] = {
-        "data": data_name, "epochs": start_epoch + epochs, "seed": args.seed,
-        "batch_size": batch_size, "lr": lr, "steps_per_epoch": train_steps,
-        "threads": args.threads, "device": device.type, "augment": args.augment,
-        "dry_run": bool(args.dry_run), "train_seconds": round(time.monotonic() - started, 1),
+        "data": run.images.name, "epochs": start.epochs_done + hyper.epochs, "seed": args.seed,
+        "batch_size": hyper.batch_size, "lr": hyper.lr, "steps_per_epoch": run.train_steps,
+        "threads": args.threads, "device": run.device.type, "augment": args.augment,
+        "dry_run": bool(args.dry_run), "train_seconds": round(train_seconds, 1),
         "history": history,
     }
-    if style:
+    if run.style:
         provenance.update(style=args.style, style_weight=args.style_weight,
                           content_weight=args.content_weight, lowpass_weight=args.lowpass_weight,
                           tv_weight=args.tv_weight,
                           loss_net=args.loss_net or "random-multiscale")
-    out = args.out or (None if args.dry_run else f"checkpoints/{args.arch}.pt")
-    ckpt_args: dict[str, Any] = dict(
-        arch=args.arch, arch_kwargs=kwargs, task=spec.task, labels=list(ds.labels),
-        input_spec=input_spec, state_dict=model.state_dict(), metrics=metrics,
-        provenance=provenance)
+    fields: dict[str, Any] = dict(
+        arch=args.arch, arch_kwargs=start.arch_kwargs, task=spec.task,
+        labels=list(run.images.ds.labels), input_spec=run.images.input_spec(spec),
+        state_dict=run.model.state_dict(), metrics=metrics, provenance=provenance)
     if args.save_optimizer:
-        ckpt_args["extra"] = {"optimizer": optimizer.state_dict()}
-    if out is None:  # the dry run builds the real checkpoint and writes nothing
-        return build_checkpoint(**ckpt_args)
-    ckpt = save_checkpoint(out, **ckpt_args)  # one atomic write, optimizer state included
-    save_curves(history, curves_path(Path(out)), f"{args.arch} on {data_name}", task.main_metric)
+        fields["extra"] = {"optimizer": run.optimizer.state_dict()}
+    return fields
+
+
+def write_checkpoint(out: str | None, fields: dict[str, Any], history: list[dict[str, Any]],
+                     title: str, main_metric: str) -> dict[str, Any]:
+    """Write the checkpoint (one atomic write, optimizer state included) and its curves;
+    with ``out`` None (a dry run without ``--out``) only build it."""
+    if out is None:
+        return build_checkpoint(**fields)
+    ckpt = save_checkpoint(out, **fields)
+    save_curves(history, curves_path(Path(out)), title, main_metric)
     return ckpt
+
+
+def output_path(args: argparse.Namespace) -> str | None:
+    return args.out or (None if args.dry_run else f"checkpoints/{args.arch}.pt")
 
 
 def curves_path(checkpoint: Path) -> Path:
@@ -302,7 +452,7 @@ def run(argv: list[str] | None = None) -> int:
     print(f"held-out metrics ({args.arch} on {ckpt['provenance']['data']}):")
     for key, value in ckpt["metrics"].items():
         print(f"  {key}: {value:.4f}")
-    out = args.out or (None if args.dry_run else f"checkpoints/{args.arch}.pt")
+    out = output_path(args)
     if out:
         print(f"checkpoint: {out}\ncurves: {curves_path(Path(out))}")
     return 0
