@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,68 +97,54 @@ def _store_names(models: list[ServedModel], fmts: tuple[str, ...]) -> dict[tuple
     return out
 
 
+@dataclass(frozen=True)
+class ParityInputs:
+    """The gate's inputs for one served model: the cases and the eager model's outputs on them."""
+
+    cases: list[parity.Case]
+    refs: list[Any]
+    notes: list[str]
+
+    def gate(self, m: ServedModel, art: formats.Artifact) -> parity.GateResult:
+        return parity.run_gate(m, art, self.cases, self.refs, self.notes)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What exporting one served model to one format yields."""
+
+    model: ServedModel
+    fmt: str
+    store_name: str | None  # None: only the source of the .mar, never a store model
+    path: Path  # the artifact file, in its staged version folder
+    result: ArtifactResult
+    report_extra: Mapping[str, Any]  # export_report.json keys beyond the gate (the pt2 file)
+
+
 def export_checkpoint(checkpoint: Path, name: str, opts: ExportOptions) -> ExportResult:
     return export_source(load_source(checkpoint), name, opts)
 
 
 def export_source(src: Source, name: str, opts: ExportOptions) -> ExportResult:
     start = time.perf_counter()
-    check_name(name)
-    fmts = opts.formats
-    if opts.max_batch_size is not None and opts.max_batch_size < 1:
-        raise InvalidInput("--max-batch-size must be >= 1")
-    if opts.store.exists() and not opts.store.is_dir():
-        raise InvalidInput(f"--store {opts.store} is not a folder")
-    servable = "onnx" in fmts or "torchscript" in fmts
-    decoder_model = name + DECODER_SUFFIX
-    if "onnx" not in fmts:
-        decoder_model += TORCHSCRIPT_SUFFIX
-    models = served_models(src, name, decoder_model)
-    if not servable:  # .mar only: the archive carries the main model alone
-        models = [m for m in models if m.role == "main"]
-    names = _store_names(models, fmts)
+    _check_options(name, opts)
+    models = _models_to_export(src, name, opts.formats)
+    names = _store_names(models, opts.formats)
     version = resolve_version(opts.store, sorted(set(names.values())), opts.version) if names else 1
     result = ExportResult(name=name, version=version)
     staging = Staging.create(opts.store)
     try:
-        mar_source: Path | None = None
-        staged: list[tuple[str, str, ServedModel, ArtifactResult, dict[str, Any]]] = []
-        for m in models:
-            cases, notes = parity.build_cases(src, m, opts.batch_sizes)
-            refs = parity.reference_outputs(formats.eager_runner(m.module), cases)
-            for fmt in ("onnx", "torchscript"):
-                store_name = names.get((m.name, fmt))
-                need_ts_for_mar = fmt == "torchscript" and "mar" in fmts and m.role == "main"
-                if store_name is None and not need_ts_for_mar:
-                    continue
-                if store_name is not None:
-                    vdir = staging.model_dir(store_name) / str(version)
-                else:
-                    vdir = staging.root / "mar-work"
-                vdir.mkdir(parents=True, exist_ok=True)
-                extra: dict[str, Any] = {}
-                art_result = _export_one(m, fmt, vdir, opts, cases, refs, notes, extra)
-                result.artifacts.append(art_result)
-                if need_ts_for_mar:
-                    mar_source = vdir / "model.pt"
-                if store_name is not None:
-                    staged.append((store_name, fmt, m, art_result, extra))
+        exported = [e for m in models
+                    for e in _export_model(src, m, names, staging, version, opts)]
+        result.artifacts.extend(e.result for e in exported)
         if not result.passed:
             raise ParityFailure(_failure_message(result), result)
-        for store_name, fmt, m, art, extra in staged:
-            mbs = opts.max_batch_size or default_max_batch(art.bytes)
-            sched = Scheduling(mbs, opts.max_queue_delay_us, opts.instance_count)
-            _write_model_files(staging.root / store_name, store_name, fmt, m, art, extra, sched,
-                               src, version)
-        if "mar" in fmts and mar_source is not None:
-            t0 = time.perf_counter()
-            main = models[0]
-            mbs = opts.max_batch_size or default_max_batch(mar_source.stat().st_size)
-            archive, tool = build_mar(name, mar_source, main.spec, mbs, staging.root)
-            staging.archive_path(name)
-            result.artifacts.append(ArtifactResult(f"{name}.mar", "mar", tool, "",
-                                                   archive.stat().st_size, time.perf_counter() - t0,
-                                                   None))
+        for e in exported:
+            if e.store_name is not None:
+                _write_model_files(staging.root / e.store_name, e, opts, src, version)
+        mar_sources = [e.path for e in exported if _feeds_mar(e.model, e.fmt, opts.formats)]
+        if mar_sources:
+            result.artifacts.append(_export_mar(name, models[0], mar_sources[-1], opts, staging))
         result.written = staging.commit(version)
     except BaseException:
         staging.discard()
@@ -166,27 +153,82 @@ def export_source(src: Source, name: str, opts: ExportOptions) -> ExportResult:
     return result
 
 
-def _export_one(m: ServedModel, fmt: str, vdir: Path, opts: ExportOptions, cases: list[parity.Case],
-                refs: list[Any], notes: list[str], extra: dict[str, Any]) -> ArtifactResult:
+def _check_options(name: str, opts: ExportOptions) -> None:
+    check_name(name)
+    if opts.max_batch_size is not None and opts.max_batch_size < 1:
+        raise InvalidInput("--max-batch-size must be >= 1")
+    if opts.store.exists() and not opts.store.is_dir():
+        raise InvalidInput(f"--store {opts.store} is not a folder")
+
+
+def _models_to_export(src: Source, name: str, fmts: tuple[str, ...]) -> list[ServedModel]:
+    decoder_model = name + DECODER_SUFFIX
+    if "onnx" not in fmts:
+        decoder_model += TORCHSCRIPT_SUFFIX
+    models = served_models(src, name, decoder_model)
+    if "onnx" not in fmts and "torchscript" not in fmts:  # .mar only: the main model alone
+        models = [m for m in models if m.role == "main"]
+    return models
+
+
+def _feeds_mar(m: ServedModel, fmt: str, fmts: tuple[str, ...]) -> bool:
+    """The .mar carries the main model's TorchScript file."""
+    return fmt == "torchscript" and "mar" in fmts and m.role == "main"
+
+
+def _export_model(src: Source, m: ServedModel, names: dict[tuple[str, str], str],
+                  staging: Staging, version: int, opts: ExportOptions) -> list[Exported]:
+    """Every format of one served model that the store or the .mar needs, each gated."""
+    cases, notes = parity.build_cases(src, m, opts.batch_sizes)
+    inputs = ParityInputs(cases, parity.reference_outputs(formats.eager_runner(m.module), cases),
+                          notes)
+    out: list[Exported] = []
+    for fmt in ("onnx", "torchscript"):
+        store_name = names.get((m.name, fmt))
+        if store_name is None and not _feeds_mar(m, fmt, opts.formats):
+            continue
+        if store_name is not None:
+            vdir = staging.model_dir(store_name) / str(version)
+        else:
+            vdir = staging.root / "mar-work"
+        vdir.mkdir(parents=True, exist_ok=True)
+        out.append(_export_one(m, fmt, store_name, vdir, opts, inputs))
+    return out
+
+
+def _export_one(m: ServedModel, fmt: str, store_name: str | None, vdir: Path,
+                opts: ExportOptions, inputs: ParityInputs) -> Exported:
     t0 = time.perf_counter()
     pt2_gate: parity.GateResult | None = None
+    report_extra: dict[str, Any] = {}
     if fmt == "onnx":
         program = formats.export_program(m) if "pt2" in opts.formats else None
         art = formats.export_onnx(m, vdir / "model.onnx", opts.opset, program)
         if program is not None:
             t1 = time.perf_counter()
             pt2 = formats.export_pt2(m, vdir / "model.pt2", program)
-            pt2_gate = parity.run_gate(m, pt2, cases, refs, notes)
-            extra["pt2"] = {"method": pt2.method, "bytes": pt2.path.stat().st_size,
-                            "parity": pt2_gate.as_json()}
+            pt2_gate = inputs.gate(m, pt2)
+            report_extra["pt2"] = {"method": pt2.method, "bytes": pt2.path.stat().st_size,
+                                   "parity": pt2_gate.as_json()}
             logger.info("%s: pt2 saved and gated in %.1f s", m.name, time.perf_counter() - t1)
     else:
         art = formats.export_torchscript(m, vdir / "model.pt")
-    gate = parity.run_gate(m, art, cases, refs, notes)
-    return ArtifactResult(
+    gate = inputs.gate(m, art)
+    result = ArtifactResult(
         m.name if fmt == "onnx" else m.name + TORCHSCRIPT_SUFFIX, fmt, art.method, art.note,
         art.path.stat().st_size, time.perf_counter() - t0, gate, pt2_gate,
     )
+    return Exported(m, fmt, store_name, art.path, result, report_extra)
+
+
+def _export_mar(name: str, main: ServedModel, model_pt: Path, opts: ExportOptions,
+                staging: Staging) -> ArtifactResult:
+    t0 = time.perf_counter()
+    mbs = opts.max_batch_size or default_max_batch(model_pt.stat().st_size)
+    archive, tool = build_mar(name, model_pt, main.spec, mbs, staging.root)
+    staging.archive_path(name)  # registers the archive for the commit
+    return ArtifactResult(f"{name}.mar", "mar", tool, "", archive.stat().st_size,
+                          time.perf_counter() - t0, None)
 
 
 def _failure_message(result: ExportResult) -> str:
@@ -209,22 +251,25 @@ def _versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__, "onnxscript": onnxscript.__version__}
 
 
-def _write_model_files(mdir: Path, store_name: str, fmt: str, m: ServedModel, art: ArtifactResult,
-                       extra: dict[str, Any], sched: Scheduling, src: Source, version: int) -> None:
-    cfg = build_config(store_name, fmt, m.spec, sched)
+def _write_model_files(mdir: Path, e: Exported, opts: ExportOptions, src: Source,
+                       version: int) -> None:
+    art, spec, gate = e.result, e.model.spec, e.result.gate
+    assert e.store_name is not None and gate is not None  # store models are always gated
+    sched = Scheduling(opts.max_batch_size or default_max_batch(art.bytes), opts.max_queue_delay_us,
+                       opts.instance_count)
+    cfg = build_config(e.store_name, e.fmt, spec, sched)
     (mdir / "config.pbtxt").write_text(config_text(cfg))
-    if m.spec.labels:
-        (mdir / "labels.txt").write_text("".join(f"{label}\n" for label in m.spec.labels))
-    assert art.gate is not None
+    if spec.labels:
+        (mdir / "labels.txt").write_text("".join(f"{label}\n" for label in spec.labels))
     report = {
-        "model": store_name, "version": version, "format": fmt, "platform": PLATFORMS[fmt],
-        "artifact": "model.onnx" if fmt == "onnx" else "model.pt", "bytes": art.bytes,
+        "model": e.store_name, "version": version, "format": e.fmt, "platform": PLATFORMS[e.fmt],
+        "artifact": e.path.name, "bytes": art.bytes,
         "method": art.method, "note": art.note, "export_seconds": round(art.seconds, 3),
         "max_batch_size": sched.max_batch_size,
         "source": {"checkpoint": str(src.path), "sha256": src.sha256, "arch": src.arch,
-                   "task": src.task, "data": src.data, "role": m.role,
+                   "task": src.task, "data": src.data, "role": e.model.role,
                    "metrics": src.checkpoint.get("metrics", {})},
-        "parity": art.gate.as_json(), **extra,
+        "parity": gate.as_json(), **e.report_extra,
         "versions": _versions(),
         "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
     }
