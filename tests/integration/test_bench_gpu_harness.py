@@ -36,6 +36,15 @@ def test_gpu_harness_on_cpu_writes_its_section(tmp_path: Path) -> None:
                  "capserve gRPC"):
         assert {(path, 1), (path, 2)} <= paths, path
     assert all(r["errors"] == 0 and r["items_per_s"] > 0 for r in result["runs"])
+    # The wire columns: a client in another process, MiB/s beside items/s; with perf_analyzer
+    # found, system shared memory too (without one, the report says why it is missing).
+    wire = [r for r in result["runs"] if r["path"] in ("capserve gRPC", "capserve system shm")]
+    assert all(r["client"] in ("perf_analyzer", "python gRPC client") and r["mib_per_s"] > 0
+               for r in wire), wire
+    if any(r["client"] == "perf_analyzer" for r in wire):
+        assert {("capserve system shm", 1), ("capserve system shm", 2)} <= paths
+    else:
+        assert any("capserve system shm" in s["part"] for s in result["skipped"])
     served = [r for r in result["runs"] if r["path"] == "capserve core" and r["concurrency"] == 1
               and r["dtype"] == "fp32"]
     assert [r["mean_batch_size"] for r in served] == [1, 2]  # one caller: batches as sent
