@@ -503,7 +503,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": _machine(), "settings": vars(args) | {"out": str(args.out),
                                                           "docs": str(args.docs),
                                                           "img_dir": str(args.img_dir),
-                                                          "render": None},
+                                                          "render": None,
+                                                          "perf_analyzer": str(args.perf_analyzer)
+                                                          if args.perf_analyzer else None},
     }
     from bench.gpu_models import write_onnx, write_torchscript
 
