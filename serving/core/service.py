@@ -178,6 +178,7 @@ class InferenceService:
         self._closed = True
         self._draining = True
         self.shared_memory.unregister()
+        self.shared_memory.unregister_cuda()
         if self._drain_deadline is not None:
             bound = max(_CLOSE_AFTER_DRAIN_S, self._drain_deadline - time.monotonic())
         else:
@@ -215,7 +216,10 @@ class InferenceService:
                 for v, lv in e.versions.items() if lv.batcher.stuck}
 
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(name="capserve", version=self._version, extensions=EXTENSIONS)
+        # CUDA shared memory is listed only where a device is visible (Triton does the same).
+        cuda = ("cuda_shared_memory",) if self.shared_memory.cuda_available() else ()
+        return ServerMetadata(name="capserve", version=self._version,
+                              extensions=EXTENSIONS + cuda)
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:

@@ -36,6 +36,7 @@ from serving.transport import grpc_converters as conv
 from serving.transport import http_codec as codec
 from serving.transport import traced
 from serving.transport.auth import ModelControlGate
+from serving.transport.cuda_shared_memory import cuda_shared_memory_routes
 from serving.transport.disconnect import cancel_on_disconnect
 from serving.transport.errors import http_error_payload
 from serving.transport.hot_routes import HotRoutes
@@ -359,8 +360,8 @@ def v2_routes(handlers: V2Handlers) -> list[BaseRoute]:
         Route(shm + "/region/{region}/unregister", g(h.shm_unregister), methods=["POST"]),
         Route(shm + "{rest:path}", g(h.shm_unknown), methods=["GET", "POST"]),
     ]
-    for path in ("/v2/cudasharedmemory{rest:path}",
-                 "/v2/logging", "/v2/trace/setting"):
+    routes += cuda_shared_memory_routes(h.service, h.gate, h.max_request_bytes)
+    for path in ("/v2/logging", "/v2/trace/setting"):
         routes.append(Route(path, g(h.unsupported), methods=["GET", "POST"]))
     return routes
 

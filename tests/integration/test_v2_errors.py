@@ -79,10 +79,6 @@ def test_wrong_byte_count_grpc(v2_server: ServerProcess) -> None:
         with pytest.raises(grpc.RpcError) as exc:
             stub.ModelInfer(req)
         assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        # CUDA shared memory needs a GPU the server can open IPC handles on: not offered.
-        with pytest.raises(grpc.RpcError) as exc:
-            stub.CudaSharedMemoryStatus(pb.CudaSharedMemoryStatusRequest())
-        assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_wrong_byte_count_http(v2_server: ServerProcess) -> None:
@@ -92,8 +88,6 @@ def test_wrong_byte_count_http(v2_server: ServerProcess) -> None:
                    headers={"Inference-Header-Content-Length": str(len(header))})
     assert r.status_code == 400
     assert "unexpected total byte size 60 for input 'INPUT1', expecting 64" in r.json()["error"]
-    r = httpx.get(v2_server.base + "/v2/cudasharedmemory/status")
-    assert r.status_code == 501 and "not supported" in r.json()["error"]
 
 
 def _slow_request(flavour: str, server: ServerProcess, timeout_us: int | None = None) -> str:
