@@ -162,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(settings: Any) -> int:
+    from serving.allocator import keep_large_buffers
     from serving.logs import configure_logging
+
+    keep_large_buffers(settings.heap_buffer_mib)
 
     if not settings.model_store.is_dir():
         print(f"capserve: model store {settings.model_store} is not a directory "

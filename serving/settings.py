@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     """Largest HTTP request body accepted, in bytes."""
     grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest gRPC message received or sent, in bytes."""
+    heap_buffer_mib: int = Field(default=80, ge=0, le=512)
+    """Allocations up to this many MiB come from glibc's heap and are reused when freed, not
+    mapped and unmapped per request (a 37 MiB tensor otherwise page-faults in each copy); a
+    process keeps at most twice this much freed memory. 0: glibc's defaults."""
     max_image_pixels: int = Field(default=25_000_000, gt=0)
     """Largest decoded image (width x height) an image endpoint accepts, in pixels (25 M: a
     24 MP photo; decoding and converting one costs up to about 9 bytes a pixel)."""

@@ -281,9 +281,11 @@ async def _load(server: Server, channel: Channel) -> None:
 
 
 def main() -> int:
+    from serving.allocator import keep_large_buffers
     from serving.logs import configure_logging
 
     settings = Settings(**json.loads(os.environ[SETTINGS_ENV]))
+    keep_large_buffers(settings.heap_buffer_mib)
     configure_logging(settings.log_format, settings.log_level, f"worker {settings.worker_id}")
     bind_first = os.environ.get(BIND_FIRST_ENV) == "1"
     run_and_exit(lambda: run(settings, os.environ[SOCKET_ENV], bind_first))
