@@ -27,7 +27,7 @@ from serving.errors import InvalidInput, shown
 from serving.handlers.pool import Answer, HandlerModel, HandlerRequest, Param
 from serving.logs import request_id_var
 from serving.transport.disconnect import cancel_on_disconnect
-from serving.transport.http_app import read_body
+from serving.transport.http_body import read_body
 from serving.transport.http_codec import check_json_values, parse_json_body
 from serving.transport.multipart import parse_form
 from serving.transport.torchserve.common import guard, model_version

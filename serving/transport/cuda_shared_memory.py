@@ -19,10 +19,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from serving.core.service import InferenceService
-from serving.errors import InvalidInput, PayloadTooLarge, shown
+from serving.errors import InvalidInput, shown
 from serving.transport import http_codec as codec
 from serving.transport.auth import ModelControlGate
 from serving.transport.errors import http_error_payload
+from serving.transport.http_body import header, read_body
 from serving.transport.shared_memory import cuda_status, register_cuda, shm_gate, unregister_cuda
 
 PREFIX = "/v2/cudasharedmemory"
@@ -42,22 +43,6 @@ def _guarded(handler: Endpoint) -> Endpoint:
             return JSONResponse(payload, status_code=status)
 
     return endpoint
-
-
-def _header(request: Request, name: str) -> str | None:
-    return request.headers.get(name)
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"a CUDA shared memory register request is over {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = _header(request, "content-encoding")
-    return codec.decompress(body, encoding, limit) if encoding else body
 
 
 def _non_negative(doc: dict[str, Any], field: str) -> int:
@@ -91,7 +76,7 @@ class _Handlers:
         self.body_limit = min(max_request_bytes, MAX_REGISTER_BODY_BYTES)
 
     def _gate(self, request: Request) -> None:
-        shm_gate(self.gate, _header(request, "authorization"), host=_header(request, "host"),
+        shm_gate(self.gate, header(request, "authorization"), host=header(request, "host"),
                  server=request.scope.get("server"), what="CUDA")
 
     async def status(self, request: Request) -> Response:
@@ -102,7 +87,7 @@ class _Handlers:
 
     async def register(self, request: Request) -> Response:
         self._gate(request)
-        doc = codec.parse_json_body(await _body(request, self.body_limit), "register request")
+        doc = codec.parse_json_body(await read_body(request, self.body_limit), "register request")
         raw, device_id, byte_size = parse_register(doc)
         await register_cuda(self.service, request.path_params["region"], raw, device_id,
                             byte_size)

@@ -28,7 +28,7 @@ from serving.core.service import InferenceService
 from serving.core.shm import ShmScope
 from serving.core.types import InferRequest, InferResponse, Tensor
 from serving.core.validation import DEFAULT_LIMITS, ElementBudget, TensorLimits, check_version
-from serving.errors import InvalidInput, PayloadTooLarge, Unsupported, shown
+from serving.errors import InvalidInput, Unsupported, shown
 from serving.logs import new_request_id, request_id_var
 from serving.settings import Settings
 from serving.store import config_message
@@ -40,6 +40,7 @@ from serving.transport.cuda_shared_memory import cuda_shared_memory_routes
 from serving.transport.disconnect import cancel_on_disconnect
 from serving.transport.errors import http_error_payload
 from serving.transport.hot_routes import HotRoutes
+from serving.transport.http_body import header, read_body
 from serving.transport.shared_memory import shm_gate, write_outputs_off_loop
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -62,37 +63,6 @@ def _guarded(handler: Endpoint) -> Endpoint:
             return JSONResponse(payload, status_code=status)
 
     return endpoint
-
-
-def header(request: Request, name: str) -> str | None:
-    """One request header (``name`` lower-case). Starlette's ``Headers.get`` scans the raw
-    list and raises KeyError for every absent header; on the inference path a dict built once
-    per request is a measurable share of the per-request cost."""
-    scope = request.scope
-    found: dict[bytes, bytes] | None = scope.get("capserve.headers")
-    if found is None:
-        found = scope["capserve.headers"] = dict(scope["headers"])  # ASGI keys are lower-case
-    value = found.get(name.encode("latin-1"))
-    return None if value is None else value.decode("latin-1")
-
-
-async def read_body(request: Request, limit_bytes: int) -> bytes:
-    """The request body, decompressed, refusing (413) anything over ``limit_bytes``."""
-    declared = header(request, "content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit_bytes:
-        raise PayloadTooLarge(
-            f"request body of {declared} bytes exceeds the limit of {limit_bytes} bytes"
-        )
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit_bytes:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit_bytes} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = header(request, "content-encoding")
-    return codec.decompress(body, encoding, limit_bytes) if encoding else body
 
 
 def _json(doc: Any, status: int = 200) -> JSONResponse:

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from serving.errors import ServingError
 from serving.logs import new_request_id, request_id_var
 from serving.transport.errors import classify
-from serving.transport.http_app import header
+from serving.transport.http_body import header
 
 _TS_VERSION = re.compile(r"^(\d+)(?:\.0+)?$")
 

@@ -29,7 +29,7 @@ from serving.tasks.kinds import TaskResult
 from serving.tasks.options import TaskOptions
 from serving.transport import traced
 from serving.transport.disconnect import cancel_on_disconnect
-from serving.transport.http_app import header, read_body
+from serving.transport.http_body import header, read_body
 from serving.transport.multipart import parse_form
 from serving.transport.torchserve.common import guard, model_version
 
