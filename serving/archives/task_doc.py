@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from serving.archives.mar import TASK_FILE, ArchiveError
-from serving.tasks.spec import RESIZE_POLICIES, TASKS
+from serving.tasks.spec import FULLY_CONVOLUTIONAL, RESIZE_POLICIES
 
 MAX_SIDE = 8192  # input_height/width, max_side, min_side: a side of an image fed to a model
 MAX_BATCH = 1024
@@ -54,7 +54,7 @@ def _threads() -> int:
 
 # Each key an archive may set, with the check of its value (None: good; else what it must be).
 PARAMETERS: dict[str, Callable[[str], str | None]] = {
-    "task": _choice((*TASKS, "capsule_decoder")),
+    "task": _choice((*FULLY_CONVOLUTIONAL, "capsule_decoder")),
     "input_color": _choice(("L", "RGB")),
     "input_height": _int_range(0, MAX_SIDE),
     "input_width": _int_range(0, MAX_SIDE),

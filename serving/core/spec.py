@@ -15,6 +15,7 @@ from typing import Any
 
 from serving.backends import BackendConfig
 from serving.batching import BatchConfig
+from serving.core.datatypes import triton_to_numpy
 from serving.core.validation import RequestRules
 from serving.core.versions import VersionPolicy
 from serving.errors import InvalidInput
@@ -74,7 +75,7 @@ class ModelSpec:
     rules: RequestRules = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rules", RequestRules.of(self))
+        object.__setattr__(self, "rules", _request_rules(self))
 
     @property
     def batched(self) -> bool:
@@ -93,3 +94,25 @@ class ModelSpec:
         group: dict[str, Any] = {"count": instances} | ({"kind": kind} if kind else {})
         return dataclasses.replace(self, instances=instances,
                                    config={**self.config, "instance_group": [group]})
+
+
+def _request_rules(spec: ModelSpec) -> RequestRules:
+    """What a request to this model is checked against, built once with the spec."""
+    inputs = {i.name: (i.datatype, None if i.datatype == "BYTES" else triton_to_numpy(i.datatype),
+                       i.dims) for i in spec.inputs}
+    # ONNX string tensors hold text; the ORT backend decodes BYTES elements as UTF-8.
+    text = frozenset(n for n, (dt, _, _) in inputs.items()
+                     if dt == "BYTES" and spec.platform == "onnxruntime_onnx")
+    return RequestRules(model=spec.name, inputs=inputs,
+                        required=tuple(i.name for i in spec.inputs if not i.optional),
+                        outputs={o.name: o.datatype for o in spec.outputs},
+                        max_batch=spec.max_batch_size, text_inputs=text,
+                        min_side=_side_parameter(spec.parameters, "min_side"),
+                        max_side=_side_parameter(spec.parameters, "max_side"))
+
+
+def _side_parameter(params: Mapping[str, str], key: str) -> int:
+    """A non-negative integer parameter, 0 when absent or malformed (the image pipeline
+    reports a malformed one when it reads it)."""
+    text = params.get(key, "").strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0

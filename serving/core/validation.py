@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from serving.core.datatypes import triton_to_numpy
 from serving.core.types import InferRequest, ParamValue, RequestedOutput
 from serving.core.versions import MAX_VERSION_DIGITS, is_version_name
 from serving.errors import InvalidInput, ModelNotFound, shown
 
 if TYPE_CHECKING:
-    from serving.core.spec import ModelSpec
     from serving.settings import Settings
 
 # Defaults of the tensor limits; the settings (``CAPSERVE_MAX_TENSOR_DIMS`` ...) repeat them.
@@ -166,27 +164,6 @@ class RequestRules:
     # image pipeline applies to image sides too; 0 = none.
     min_side: int = 0
     max_side: int = 0
-
-    @classmethod
-    def of(cls, spec: ModelSpec) -> RequestRules:
-        inputs = {i.name: (i.datatype, None if i.datatype == "BYTES" else triton_to_numpy(i.datatype),
-                           i.dims) for i in spec.inputs}
-        # ONNX string tensors hold text; the ORT backend decodes BYTES elements as UTF-8.
-        text = frozenset(n for n, (dt, _, _) in inputs.items()
-                         if dt == "BYTES" and spec.platform == "onnxruntime_onnx")
-        return cls(model=spec.name, inputs=inputs,
-                   required=tuple(i.name for i in spec.inputs if not i.optional),
-                   outputs={o.name: o.datatype for o in spec.outputs},
-                   max_batch=spec.max_batch_size, text_inputs=text,
-                   min_side=_side_parameter(spec.parameters, "min_side"),
-                   max_side=_side_parameter(spec.parameters, "max_side"))
-
-
-def _side_parameter(params: Mapping[str, str], key: str) -> int:
-    """A non-negative integer parameter, 0 when absent or malformed (the image pipeline
-    reports a malformed one when it reads it)."""
-    text = params.get(key, "").strip()
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
 
 
 def _check_sides(rules: RequestRules, name: str, shape: tuple[int, ...],

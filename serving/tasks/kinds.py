@@ -33,7 +33,6 @@ class Task:
 
     kind = ""
     formats: tuple[str, ...] = ("json",)  # what it can answer in; the first is the default
-    fully_convolutional = False  # takes any image size (default resize policy "none")
     explains = False  # answers /explanations (poses and a perturbation grid)
 
     def wanted(self, model: str, outputs: Sequence[str], options: TaskOptions,
@@ -77,7 +76,6 @@ class Classification(Task):
 class Segmentation(Task):
     kind = "segmentation"
     formats = ("json", "png")
-    fully_convolutional = True
 
     def _render(self, spec: TaskSpec, labels: Sequence[str], prepared: Prepared,
                 outputs: dict[str, np.ndarray], options: TaskOptions) -> TaskResult:
@@ -95,7 +93,6 @@ class Segmentation(Task):
 class StyleTransfer(Task):
     kind = "style_transfer"
     formats = ("png", "jpeg")
-    fully_convolutional = True
 
     def _render(self, spec: TaskSpec, labels: Sequence[str], prepared: Prepared,
                 outputs: dict[str, np.ndarray], options: TaskOptions) -> TaskResult:

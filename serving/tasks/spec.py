@@ -11,13 +11,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from serving.errors import InvalidInput
-from serving.tasks.kinds import TASKS
 
 RESIZE_POLICIES = ("exact", "keep_aspect_pad", "keep_aspect_crop", "none")
 # Fully convolutional models accept any size, but shrinking through the pooling levels needs a
 # few pixels; a smaller input is refused with a message instead of failing inside the model.
 DEFAULT_MIN_SIDE = 16
 DEFAULT_MAX_SIDE = 1024
+# The image task kinds, and whether each one's models are fully convolutional (take any image
+# size, so the default resize is "none" rather than "exact"). serving/tasks/kinds.py has one
+# Task per name; this table sits here so the spec needs nothing from the renderers.
+FULLY_CONVOLUTIONAL: Mapping[str, bool] = {
+    "classification": False, "segmentation": True, "style_transfer": True,
+    "capsule_classification": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +55,14 @@ class TaskSpec:
                 f"model '{model}' has no image task (its config.pbtxt parameters lack 'task'); "
                 "send tensors through the v2 API instead"
             )
-        kind = TASKS.get(task)
-        if kind is None:
+        fully_convolutional = FULLY_CONVOLUTIONAL.get(task)
+        if fully_convolutional is None:
             raise InvalidInput(f"model '{model}' has task '{task}', which takes no images "
-                               f"(image tasks: {', '.join(TASKS)})")
+                               f"(image tasks: {', '.join(FULLY_CONVOLUTIONAL)})")
         color = params.get("input_color", "RGB")
         if color not in ("L", "RGB"):
             raise InvalidInput(f"model '{model}': input_color must be L or RGB, got '{color}'")
-        resize = params.get("resize", "none" if kind.fully_convolutional else "exact")
+        resize = params.get("resize", "none" if fully_convolutional else "exact")
         if resize not in RESIZE_POLICIES:
             raise InvalidInput(f"model '{model}': resize must be one of {RESIZE_POLICIES}, "
                                f"got '{resize}'")

@@ -1,8 +1,8 @@
 """No import cycles among the modules of serving/, export/ and training/.
 
 Every ``import`` counts, at module level or inside a function (a lazy import only hides a cycle
-until the day someone moves it to the top). Imports under ``if TYPE_CHECKING:`` are left out:
-they never run. ``from pkg.mod import name`` is an edge to ``pkg.mod`` (or to ``pkg`` when
+until the day someone moves it to the top). Imports under ``if TYPE_CHECKING:`` count too: a
+cycle that only the type checker sees still ties the modules into one. ``from pkg.mod import name`` is an edge to ``pkg.mod`` (or to ``pkg`` when
 ``mod`` is a name defined in ``pkg``); importing a submodule is not counted as an edge to every
 package above it, so a package ``__init__`` that re-exports its modules is no cycle by itself.
 """
@@ -29,22 +29,11 @@ def project_modules() -> dict[str, Path]:
     return {_module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
-    """Every import statement, skipping the bodies of ``if TYPE_CHECKING:`` blocks."""
-    stack: list[ast.AST] = [tree]
-    while stack:
-        node = stack.pop()
+    """Every import statement, wherever it stands."""
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import | ast.ImportFrom):
             yield node
-        elif isinstance(node, ast.If) and _is_type_checking(node.test):
-            stack.extend(node.orelse)
-            continue
-        stack.extend(ast.iter_child_nodes(node))
 
 
 def _base(module: str, is_package: bool, node: ast.ImportFrom) -> str:
@@ -117,8 +106,7 @@ def test_no_import_cycles() -> None:
 
 
 def test_the_check_sees_function_level_and_relative_imports(tmp_path: Path) -> None:
-    # The check itself: a lazy import inside a function closes a cycle, a TYPE_CHECKING one
-    # does not.
+    # The check itself: a lazy import inside a function and a TYPE_CHECKING one are edges.
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
@@ -129,5 +117,5 @@ def test_the_check_sees_function_level_and_relative_imports(tmp_path: Path) -> N
     known = {"pkg": pkg / "__init__.py", "pkg.a": pkg / "a.py", "pkg.b": pkg / "b.py",
              "pkg.c": pkg / "c.py"}
     graph = {name: imports_of(name, path, known) for name, path in known.items()}
-    assert graph["pkg.b"] == {"pkg.a"} and graph["pkg.c"] == set()
+    assert graph["pkg.b"] == {"pkg.a"} and graph["pkg.c"] == {"pkg.a"}
     assert find_cycles(graph) == [["pkg.a", "pkg.b"]]
