@@ -54,7 +54,7 @@ _TORCHSERVE_FLAGS = {
 
 
 # Set by a supervisor for its workers, never by users.
-_INTERNAL = {"worker_id", "worker_cores", "worker_cpus", "archive_cache_dir"}
+_INTERNAL = {"worker_id", "worker_cores", "worker_cpus", "archive_cache_dir", "peer_dir"}
 
 
 def _limit_flags(parser: argparse.ArgumentParser, listed: set[str]) -> None:
@@ -81,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         parser.add_argument(flag, default=argparse.SUPPRESS, **options)
     for flag, help_text in _SWITCHES:
         parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+    parser.add_argument("--no-peer-forwarding", action="store_false", dest="peer_forwarding",
+                        default=argparse.SUPPRESS,
+                        help="with several workers, run each gRPC connection's requests on the "
+                             "worker that accepted it (no hand-over to a less busy worker)")
     _limit_flags(parser, {flag for flag, _ in _FLAGS} | {flag for flag, _ in _SWITCHES})
     group = parser.add_argument_group("TorchServe flags accepted without effect")
     for flag, why in _TORCHSERVE_FLAGS.items():

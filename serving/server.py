@@ -25,11 +25,13 @@ from serving.core.validation import TensorLimits
 from serving.settings import Settings
 from serving.store import read_model_spec
 from serving.transport.auth import ModelControlGate, parse_allowed_hosts
+from serving.transport.grpc_peers import PeerForwarder, peer_socket
 from serving.transport.grpc_service import create_grpc_server
 from serving.transport.http_app import create_http_app
 from serving.transport.http_listener import HttpListener, Listener
 from serving.transport.metrics_http import create_metrics_app
 from serving.transport.torchserve.dialect import TorchServeDialect, build_torchserve
+from serving.workers.board import LoadBoard, board_path
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +80,18 @@ class Server:
             "management", Admission(torchserve.management_app, None, metrics),
             settings.management_host, settings.management_port, grace, reuse_port=worker,
             limit_concurrency=concurrency)
+        # Workers of one supervisor share a load board; with forwarding on, each also serves
+        # gRPC on a Unix socket of the run folder, where the others send what it should run.
+        self.board = LoadBoard.attach(board_path(settings.peer_dir)) if (
+            worker and settings.peer_dir) else None
+        self._peers = PeerForwarder(
+            self.board, settings.worker_id, settings.peer_dir, settings.grpc_max_message_bytes,
+        ) if self.board is not None and settings.peer_forwarding else None
         self._grpc, self._grpc_begin_shutdown = create_grpc_server(
             service, gate, settings.grpc_max_message_bytes, reuse_port=worker,
             stream_max_inflight=settings.grpc_stream_max_inflight,
-            limits=TensorLimits.from_settings(settings),
+            limits=TensorLimits.from_settings(settings), peers=self._peers,
+            worker=settings.worker_id,
         )
         torchserve.add_grpc_services(self._grpc)
         self._grpc_started = False
@@ -97,6 +107,8 @@ class Server:
         s = self.settings
         address = f"{s.host}:{s.grpc_port}"
         port = self._grpc.add_insecure_port(address)
+        if self._peers is not None:
+            self._grpc.add_insecure_port(f"unix:{peer_socket(s.peer_dir, s.worker_id)}")
         await self._grpc.start()
         self._grpc_started = True
         grpc_host = s.host if ":" not in s.host else f"[{s.host}]"
@@ -139,6 +151,8 @@ class Server:
             logger.error("drain did not finish within the grace period; closing anyway")
         logger.info("drained: %d requests still in flight", self._inflight())
         await self.service.close()
+        if self._peers is not None:
+            await self._peers.close()
         try:
             self._torchserve.close()
         except Exception:

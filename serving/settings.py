@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     a count. ``1`` is one process with no supervisor."""
     pin_workers: bool = False
     """Pin each worker process to its own share of the cores (``sched_setaffinity``)."""
+    peer_forwarding: bool = True
+    """With several workers: a worker that runs more requests than another hands it gRPC
+    inference requests (one HTTP/2 connection, which the kernel gives to one worker, then still
+    uses every worker). Off: each connection's requests run on the worker that accepted it."""
     model_store: Path = Path("model_store")
     """Triton-layout model repository to serve (``<model>/config.pbtxt``, ``<model>/<version>/``)."""
     host: str = "127.0.0.1"
@@ -84,6 +88,9 @@ class Settings(BaseSettings):
     archive_cache_dir: Path | None = None
     """Folder where the store's ``.mar`` archives are already materialised (shared by the
     workers and owned by the supervisor; None: this process extracts into its own)."""
+    peer_dir: str = ""
+    """The supervisor's run folder: the workers' load board and their peer gRPC sockets
+    (empty: no peers)."""
 
     # -- limits on what clients send (the hostile-input work adds its fields below) -----------
     default_max_queue_size: int = Field(default=0, ge=0)

@@ -150,6 +150,11 @@ class InferenceService:
             self._leave()
             _admitted_by.reset(token)
 
+    def admitted(self) -> bool:
+        """True inside the :meth:`admission` of a request this server accepted (false for one
+        that arrived during a drain: ``infer`` will refuse it)."""
+        return _admitted_by.get() is self
+
     def _enter(self) -> None:
         self._inflight += 1
         self._quiet.clear()

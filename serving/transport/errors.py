@@ -50,6 +50,23 @@ ERROR_TABLE: dict[ErrorCode, ErrorMapping] = {
 }
 
 
+class PeerAnswer(ServingError):
+    """The error another worker answered a forwarded request with, passed on unchanged."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def error_from_grpc(status: grpc.StatusCode, details: str) -> ServingError:
+    """The error behind a status this table produced (another worker's answer), so it goes
+    out again with the same status and message; a status the table never gives is INTERNAL."""
+    for code, mapping in ERROR_TABLE.items():
+        if mapping.grpc_status == status:
+            return PeerAnswer(code, details)
+    return PeerAnswer(ErrorCode.INTERNAL, details or GENERIC_INTERNAL_MESSAGE)
+
+
 def classify(exc: BaseException) -> tuple[ErrorMapping, str]:
     """The mapping and the client-facing message for any exception (logs unexpected ones)."""
     if isinstance(exc, ServingError):

@@ -19,7 +19,7 @@ from grpc import aio
 from serving import tracing
 from serving.core.service import InferenceService
 from serving.core.validation import DEFAULT_LIMITS, TensorLimits
-from serving.errors import Unsupported
+from serving.errors import ServerNotReady, Unsupported
 from serving.generated import grpc_service_pb2 as pb
 from serving.generated import grpc_service_pb2_grpc as pb_grpc
 from serving.generated import health_pb2, health_pb2_grpc
@@ -29,8 +29,15 @@ from serving.transport import grpc_converters as conv
 from serving.transport import traced
 from serving.transport.auth import ModelControlGate
 from serving.transport.errors import grpc_errors, grpc_status_message
+from serving.transport.grpc_peers import WORKER_KEY, PeerForwarder, is_forwarded, taken_metadata
 from serving.transport.grpc_tolerant import Undecodable, add_service, answers_undecodable
-from serving.transport.grpc_wire import WireInferResponse, WireStreamResponse, with_wire_codec
+from serving.transport.grpc_wire import (
+    RawInferResponse,
+    WireInferResponse,
+    WireStreamResponse,
+    request_bytes,
+    with_wire_codec,
+)
 from serving.transport.shared_memory import (
     cuda_status,
     register_cuda,
@@ -66,10 +73,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(
         self, service: InferenceService, gate: ModelControlGate, stream_max_inflight: int = 64,
-        limits: TensorLimits = DEFAULT_LIMITS,
+        limits: TensorLimits = DEFAULT_LIMITS, peers: PeerForwarder | None = None,
+        worker: int = -1,
     ) -> None:
         self._service = service
         self._limits = limits
+        self._peers = peers
+        # A worker of a supervisor names itself on each answer (as HTTP's capserve-worker).
+        self._ran_here = ((WORKER_KEY, str(worker)),) if worker >= 0 else ()
         self._gate = gate
         self._streams: set[asyncio.Queue[Any]] = set()
         self._stream_max_inflight = stream_max_inflight
@@ -120,9 +131,41 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     @traced.grpc_method("ModelInfer")
     async def ModelInfer(self, request: conv.AnyInferRequest,
-                         context: aio.ServicerContext) -> WireInferResponse:
+                         context: aio.ServicerContext) -> WireInferResponse | RawInferResponse:
         with self._service.admission():  # a drain that begins now lets this call finish
+            peers = self._peers
+            if peers is None:
+                if self._ran_here:
+                    context.set_trailing_metadata(self._ran_here)
+                return await self._infer(request)
+            metadata = context.invocation_metadata() or ()
+            if is_forwarded(metadata):  # from another worker: run here, never pass it on
+                if not self._service.admitted():  # draining: the sender runs it itself
+                    raise ServerNotReady("Server is not ready: shutting down")
+                await context.send_initial_metadata(taken_metadata(peers.me))
+                return await self._infer(request)
+            slot = self._peer_for()
+            if slot is not None:
+                # Who ran it, on the answer and on an error alike (an abort keeps what is set).
+                context.set_trailing_metadata(((WORKER_KEY, str(slot)),))
+                answer = await self._forward(slot, request, context.time_remaining(), metadata)
+                if answer is not None:
+                    return answer
+            context.set_trailing_metadata(self._ran_here)
             return await self._infer(request)
+
+    def _peer_for(self) -> int | None:
+        """The less busy worker to hand an admitted request to, if there is one."""
+        if self._peers is None or not self._service.admitted():
+            return None
+        return self._peers.choose()
+
+    async def _forward(self, slot: int, message: conv.AnyInferRequest, timeout: float | None,
+                       metadata: Any) -> RawInferResponse | None:
+        """The answer of worker ``slot``, or None when it did not take the request."""
+        assert self._peers is not None
+        data = await self._peers.forward(slot, request_bytes(message), timeout, metadata)
+        return None if data is None else RawInferResponse(data, slot)
 
     async def _infer(self, message: conv.AnyInferRequest) -> WireInferResponse:
         request_id_var.set(message.id or new_request_id())
@@ -150,6 +193,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         the client), so neither tasks nor the answer queue grow with what a client sends.
         """
         out: asyncio.Queue[Any] = asyncio.Queue()
+        stream_metadata = context.invocation_metadata() or ()
         pending: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self._stream_max_inflight)
 
@@ -160,7 +204,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response: pb.ModelStreamInferResponse | WireStreamResponse
             try:
                 with self._service.admission():
-                    response = WireStreamResponse(await self._infer(message))
+                    slot = self._peer_for()
+                    forwarded = None if slot is None else await self._forward(
+                        slot, message, None, stream_metadata)
+                    response = WireStreamResponse(forwarded or await self._infer(message))
             except Exception as exc:
                 response = pb.ModelStreamInferResponse(error_message=grpc_status_message(exc))
                 response.infer_response.model_name = message.model_name
@@ -358,12 +405,15 @@ def create_grpc_server(
     service: InferenceService, gate: ModelControlGate, max_message_bytes: int,
     reuse_port: bool = False, *, stream_max_inflight: int = 64,
     max_concurrent_streams: int = 1024, limits: TensorLimits = DEFAULT_LIMITS,
+    peers: PeerForwarder | None = None, worker: int = -1,
 ) -> tuple[aio.Server, Callable[[], None]]:
     """A grpc.aio server with the v2 and health services (the caller binds and starts it),
     and the function to call when draining begins (ends idle streams and health watches).
 
     ``max_concurrent_streams`` bounds the calls one connection may have open at once (HTTP/2
-    SETTINGS): a client past it waits for its own calls instead of piling up server tasks."""
+    SETTINGS): a client past it waits for its own calls instead of piling up server tasks.
+    ``peers``: a worker's forwarder to the other workers (``grpc_peers``); ``worker``: this
+    worker's number, named in each ModelInfer answer's trailing metadata (-1: not a worker)."""
     options = [
         ("grpc.max_concurrent_streams", max_concurrent_streams),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -373,7 +423,7 @@ def create_grpc_server(
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = aio.server(options=options)
-    inference = InferenceServicer(service, gate, stream_max_inflight, limits)
+    inference = InferenceServicer(service, gate, stream_max_inflight, limits, peers, worker)
     health = HealthServicer(service)
     # Requests that do not parse are the client's INVALID_ARGUMENT, not grpc's UNKNOWN.
     add_service(with_wire_codec(pb_grpc.add_GRPCInferenceServiceServicer_to_server), inference, server)

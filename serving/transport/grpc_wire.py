@@ -93,11 +93,13 @@ class WireInferRequest:
     Every other field is read from the parsed ``message``.
     """
 
-    __slots__ = ("message", "raw_input_contents")
+    __slots__ = ("message", "raw_input_contents", "wire")
 
-    def __init__(self, message: pb.ModelInferRequest, raw: list[memoryview]) -> None:
+    def __init__(self, message: pb.ModelInferRequest, raw: list[memoryview],
+                 wire: bytes = b"") -> None:
         self.message = message
         self.raw_input_contents = raw
+        self.wire = wire  # the message as received (what a forward to another worker sends)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.message, name)
@@ -119,7 +121,7 @@ class InferRequestDecoder:
         except _Unsplittable:
             return pb.ModelInferRequest.FromString(data)
         message = pb.ModelInferRequest.FromString(rest)
-        return WireInferRequest(message, raw) if raw else message
+        return WireInferRequest(message, raw, data) if raw else message
 
 
 def _varint_bytes(value: int) -> bytes:
@@ -165,13 +167,37 @@ class WireInferResponse:
         return msg
 
 
+def request_bytes(message: pb.ModelInferRequest | WireInferRequest) -> bytes:
+    """The request as it came over the wire (a small message is serialized again)."""
+    if isinstance(message, WireInferRequest):
+        return message.wire or message.message.SerializeToString()
+    data: bytes = message.SerializeToString()
+    return data
+
+
+class RawInferResponse:
+    """An already serialized ``ModelInferResponse`` (another worker's answer), sent as is."""
+
+    __slots__ = ("data", "worker")
+
+    def __init__(self, data: bytes, worker: int) -> None:
+        self.data = data
+        self.worker = worker  # the worker that ran it
+
+    def pieces(self) -> list[bytes | memoryview]:
+        return [self.data]
+
+    def SerializeToString(self) -> bytes:
+        return self.data
+
+
 class WireStreamResponse:
     """A ``ModelStreamInferResponse`` holding a :class:`WireInferResponse`."""
 
     __slots__ = ("infer_response",)
     error_message = ""  # a failed request of the stream is answered with a plain message
 
-    def __init__(self, infer_response: WireInferResponse) -> None:
+    def __init__(self, infer_response: WireInferResponse | RawInferResponse) -> None:
         self.infer_response = infer_response
 
     def SerializeToString(self) -> bytes:

@@ -53,6 +53,7 @@ from serving.signals import stop_on_signals
 from serving.transport.http_listener import HttpListener, reuse_port_socket
 from serving.transport.metrics_http import create_metrics_app
 from serving.workers import BIND_FIRST_ENV, SETTINGS_ENV, SOCKET_ENV
+from serving.workers.board import LoadBoard, board_path
 from serving.workers.channel import LINE_LIMIT, Channel, ChannelClosed
 from serving.workers.metrics_merge import MergedCollector, merge_expositions
 
@@ -122,6 +123,8 @@ class Supervisor:
         self._control_lock = asyncio.Lock()
         self._oplog: list[dict[str, Any]] = []
         self._rundir = Path(tempfile.mkdtemp(prefix="capserve-run-"))
+        LoadBoard.create(board_path(self._rundir), workers)
+        self._board = LoadBoard.attach(board_path(self._rundir))
         self._reserved: list[socket.socket] = []
         self._ports: dict[str, int] = {}
         disable_created_metrics()  # no ``_created`` twin for every counter
@@ -173,7 +176,7 @@ class Supervisor:
             data["worker_cpus"] = ",".join(str(c) for c in mine)
         data.update(
             workers="1", worker_id=slot.index, worker_cores=cores,
-            archive_cache_dir=str(cache), http_port=self._ports["http"],
+            archive_cache_dir=str(cache), peer_dir=str(self._rundir), http_port=self._ports["http"],
             grpc_port=self._ports["grpc"], management_port=self._ports["management"],
         )
         if self._gpus > 1:
@@ -241,6 +244,7 @@ class Supervisor:
             await self._spawn(slot, cache)
             assert slot.proc is not None
             returncode = await slot.proc.wait()
+            self._board.reset(slot.index)  # its peers stop sending it work
             was_admitted = slot.admitted
             slot.admitted, slot.channel = False, None
             await self._publish_ready()

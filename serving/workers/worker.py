@@ -31,6 +31,7 @@ from serving.backends.base import set_core_budget
 from serving.core.describe import ModelDescription
 from serving.core.service import InferenceService
 from serving.core.stats import ModelStats, merge_stats, stats_from_dict, stats_to_dict
+from serving.core.types import InferRequest, InferResponse
 from serving.errors import InvalidInput, ServerNotReady, ServingError
 from serving.settings import Settings
 from serving.signals import run_and_exit, stop_on_signals
@@ -38,7 +39,9 @@ from serving.workers import BIND_FIRST_ENV, SETTINGS_ENV, SOCKET_ENV
 from serving.workers.channel import Channel, ChannelClosed, open_channel
 
 if TYPE_CHECKING:
+    from serving.core.loaded import LoadedVersion
     from serving.server import Server
+    from serving.workers.board import LoadBoard
 
 logger = logging.getLogger("serving.worker")
 
@@ -53,12 +56,31 @@ class WorkerService(InferenceService):
         self._link: Channel | None = None
         self._local_only = False
         self._cluster_ready = False
+        self._board: LoadBoard | None = None
+        self._slot = -1
 
     def link(self, channel: Channel) -> None:
         self._link = channel
 
+    def use_board(self, board: LoadBoard | None, slot: int) -> None:
+        """Publish this worker's load on the board its peers read (``board.py``)."""
+        self._board, self._slot = board, slot
+
     def set_cluster_ready(self, ready: bool) -> None:
         self._cluster_ready = ready
+        if self._board is not None:  # peers send work only while every worker serves
+            self._board.set_open(self._slot, ready and self.locally_ready())
+
+    async def infer(self, request: InferRequest,
+                    loaded: LoadedVersion | None = None) -> InferResponse:
+        board = self._board
+        if board is None:
+            return await super().infer(request, loaded)
+        board.add_running(self._slot, 1)
+        try:
+            return await super().infer(request, loaded)
+        finally:
+            board.add_running(self._slot, -1)
 
     def server_ready(self) -> bool:
         return self._cluster_ready and super().server_ready()
@@ -230,6 +252,7 @@ async def run(settings: Settings, socket_path: str, bind_first: bool) -> int:
     server = build_server(settings, service_class=WorkerService)
     service = server.service
     assert isinstance(service, WorkerService)
+    service.use_board(server.board, settings.worker_id)
     stop = stop_on_signals(second_notice="")
 
     async def handler(method: str, params: dict[str, Any]) -> Any:

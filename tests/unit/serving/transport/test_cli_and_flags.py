@@ -55,6 +55,9 @@ def test_every_user_setting_has_a_flag() -> None:
         if name in _INTERNAL:
             continue
         flag = "--" + name.replace("_", "-")
+        if info.annotation is bool and info.default is True:  # on by default: --no-<name>
+            assert parse_args(["--no-" + flag[2:]]) == {name: False}, name
+            continue
         if info.annotation is bool:
             assert parse_args([flag]) == {name: True}, name
             continue
