@@ -10,8 +10,11 @@ Two clients per protocol, so the numbers say how much of the time is the server'
 ``raw`` sends request bytes built once (a grpc channel call without serializers; an HTTP/1.1
 POST written to a socket), so nearly all of its time is the server's; ``tritonclient`` is the
 unmodified client, whose own per-request work (building and serializing the request) is timed
-without a server too (``*_client_only_ms``). The target ratio is about the server, so it is
-taken from the raw client. Few requests, one at a time: memory stays bounded.
+without a server too (``*_client_only_ms``). ``perf_analyzer`` (C++, concurrency 1, random
+input of the same size) is what a Triton user measures with. The loopback baseline is measured
+again after every client and each ratio is to the mean of the baselines just before and after
+it: on a shared machine the baseline alone swings by a factor of two between runs. Few
+requests, one at a time: memory stays bounded.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.servers import running, start_capserve
+from bench.servers import REPO_ROOT, running, start_capserve
 
 SHAPE = (1, 3, 1792, 1792)
 NBYTES = int(np.prod(SHAPE)) * 4  # 36.75 MiB
@@ -198,6 +201,7 @@ CLIENTS: dict[str, Callable[[str, np.ndarray, int], dict[str, Any]]] = {
     "grpc_raw": _raw_grpc, "grpc_tritonclient": _tritonclient_grpc,
     "http_raw": _raw_http, "http_tritonclient": _tritonclient_http,
 }
+FLAVOURS = [*CLIENTS, "grpc_perf_analyzer", "http_perf_analyzer"]
 
 
 def _client(flavour: str, url: str, reps: int, out: Any) -> None:
@@ -249,41 +253,61 @@ def server_env() -> dict[str, str]:
     return {"CAPSERVE_MAX_REQUEST_ELEMENTS": str(2 * int(np.prod(SHAPE)))}
 
 
+def perf_analyzer_run(flavour: str, url: str, reps: int, work: Path) -> dict[str, Any]:
+    """perf_analyzer at concurrency 1 (it does not check answers: ``ok`` is None)."""
+    from bench.perf_analyzer import ensure_perf_analyzer
+    from bench.perf_analyzer import run as pa_run
+
+    binary, cudart = ensure_perf_analyzer(REPO_ROOT / "bench" / "results" / "cache")
+    protocol = flavour.split("_")[0]
+    got = pa_run(binary, cudart, url, protocol, MODEL, 1, max(3.0, reps * 0.5), work)
+    return {"s_per_request": 1 / got.throughput_rps, "ok": None}
+
+
 def measure(store: Path, work: Path, reps: int, flavours: list[str],
-            server_args: list[str] | None = None) -> dict[str, Any]:
-    """MiB/s of request bytes per client flavour against one capserve (``--workers 1``)."""
+            server_args: list[str] | None = None,
+            baseline: Callable[[], float] | None = None) -> dict[str, Any]:
+    """MiB/s of request bytes per client flavour against one capserve (``--workers 1``);
+    with ``baseline``, also the loopback rate measured before the first and after each one."""
     os.environ.update(server_env())  # the server process inherits it
     rates: dict[str, Any] = {}
     ok = True
+    tcp = [baseline()] if baseline else []
     with running(start_capserve(store, work, extra_args=["--workers", "1",
                                                           *(server_args or [])])) as server:
         for flavour in flavours:
             url = server.grpc_target if flavour.startswith("grpc") else server.http[len("http://"):]
-            got = wire_run(flavour, url, reps)
-            ok = ok and got["ok"]
-            rates[f"{flavour}_mib_s"] = round(NBYTES / MIB / got["s_per_request"], 1)
+            if flavour.endswith("_perf_analyzer"):
+                got = perf_analyzer_run(flavour, url, reps, work)
+            else:
+                got = wire_run(flavour, url, reps)
+                ok = ok and got["ok"]
+            mib_s = NBYTES / MIB / got["s_per_request"]
+            rates[f"{flavour}_mib_s"] = round(mib_s, 1)
             rates[f"{flavour}_ms"] = round(got["s_per_request"] * 1000, 1)
             if "client_only_s" in got:
                 rates[f"{flavour}_client_only_ms"] = round(got["client_only_s"] * 1000, 1)
+            if baseline:
+                tcp.append(baseline())
+                rates[f"{flavour}_ratio"] = round(mib_s / ((tcp[-2] + tcp[-1]) / 2), 3)
     rates["answers_close"] = ok
+    if tcp:
+        rates["tcp_loopback_mib_s"] = [round(t, 1) for t in tcp]
     return rates
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--reps", type=int, default=8)
-    parser.add_argument("--clients", default=",".join(CLIENTS),
-                        help="comma-separated subset of " + ", ".join(CLIENTS))
+    parser.add_argument("--clients", default=",".join(FLAVOURS),
+                        help="comma-separated subset of " + ", ".join(FLAVOURS))
     args = parser.parse_args(argv)
     flavours = [f for f in args.clients.split(",") if f]
     with tempfile.TemporaryDirectory() as tmp:
         store = build_store(Path(tmp))
-        tcp = tcp_rate(args.reps * 4)
-        result: dict[str, Any] = {"request_mib": round(NBYTES / MIB, 2),
-                                  "tcp_loopback_mib_s": round(tcp, 1)}
-        result.update(measure(store, Path(tmp), args.reps, flavours))
-    for flavour in flavours:
-        result[f"{flavour}_ratio"] = round(result[f"{flavour}_mib_s"] / tcp, 3)
+        result: dict[str, Any] = {"request_mib": round(NBYTES / MIB, 2)}
+        result.update(measure(store, Path(tmp), args.reps, flavours,
+                              baseline=lambda: tcp_rate(args.reps * 4)))
     result["target_ratio"] = TARGET_RATIO
     result["load_avg_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
