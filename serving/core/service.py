@@ -132,22 +132,25 @@ class InferenceService:
         self._draining = True
 
     @contextlib.contextmanager
-    def admission(self) -> Iterator[None]:
+    def admission(self, relayed: bool = False) -> Iterator[None]:
         """Mark the request handled in this context as accepted by the server.
 
         A transport enters it when a request arrives, before reading its body or decoding its
         images: a request admitted before the drain began is served to the end (``infer`` lets
         it through and ``drain`` waits for it); one admitted later is refused by ``infer``.
+        ``relayed`` marks a request another worker accepted and handed over: the drain waits
+        for it here too, but the in-flight gauge leaves it to the worker that counts it already
+        (summed over workers, the gauge counts each client request once).
         """
         if self._draining or _admitted_by.get() is self:
             yield  # arrived during the drain (refused by infer), or admitted already
             return
         token = _admitted_by.set(self)
-        self._enter()
+        self._enter(counted=not relayed)
         try:
             yield
         finally:
-            self._leave()
+            self._leave(counted=not relayed)
             _admitted_by.reset(token)
 
     def admitted(self) -> bool:
@@ -155,14 +158,16 @@ class InferenceService:
         that arrived during a drain: ``infer`` will refuse it)."""
         return _admitted_by.get() is self
 
-    def _enter(self) -> None:
+    def _enter(self, counted: bool = True) -> None:
         self._inflight += 1
         self._quiet.clear()
-        self._metrics.inflight_requests.inc()
+        if counted:
+            self._metrics.inflight_requests.inc()
 
-    def _leave(self) -> None:
+    def _leave(self, counted: bool = True) -> None:
         self._inflight -= 1
-        self._metrics.inflight_requests.dec()
+        if counted:
+            self._metrics.inflight_requests.dec()
         if self._inflight == 0:
             self._quiet.set()
 

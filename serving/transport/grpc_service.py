@@ -132,14 +132,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @traced.grpc_method("ModelInfer")
     async def ModelInfer(self, request: conv.AnyInferRequest,
                          context: aio.ServicerContext) -> WireInferResponse | RawInferResponse:
-        with self._service.admission():  # a drain that begins now lets this call finish
-            peers = self._peers
+        peers = self._peers
+        metadata = (context.invocation_metadata() or ()) if peers is not None else ()
+        relayed = is_forwarded(metadata)  # from another worker: run here, never pass it on
+        with self._service.admission(relayed):  # a drain that begins now lets this call finish
             if peers is None:
                 if self._ran_here:
                     context.set_trailing_metadata(self._ran_here)
                 return await self._infer(request)
-            metadata = context.invocation_metadata() or ()
-            if is_forwarded(metadata):  # from another worker: run here, never pass it on
+            if relayed:
                 if not self._service.admitted():  # draining: the sender runs it itself
                     raise ServerNotReady("Server is not ready: shutting down")
                 await context.send_initial_metadata(taken_metadata(peers.me))
@@ -193,7 +194,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         the client), so neither tasks nor the answer queue grow with what a client sends.
         """
         out: asyncio.Queue[Any] = asyncio.Queue()
-        stream_metadata = context.invocation_metadata() or ()
+        # Read only to pass on to a peer (a servicer without peers may be driven context-free).
+        stream_metadata = (context.invocation_metadata() or ()) if self._peers is not None else ()
         pending: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self._stream_max_inflight)
 

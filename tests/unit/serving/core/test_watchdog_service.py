@@ -174,6 +174,33 @@ def test_admitted_requests_finish_during_a_drain_new_ones_are_refused(tiny_store
     with_service(tiny_store, body)
 
 
+def test_a_relayed_request_holds_the_drain_but_is_not_counted_twice(tiny_store: Path) -> None:
+    """A request another worker accepted and handed over: this worker's drain waits for it, and
+    the in-flight gauge (summed over workers) leaves it to the worker that holds the client."""
+    async def body(s: InferenceService) -> None:
+        gauge = s._metrics.inflight_requests
+        release = asyncio.Event()
+
+        async def held(relayed: bool) -> None:
+            with s.admission(relayed):
+                await release.wait()
+                await s.infer(request("tiny"))
+
+        tasks = [asyncio.ensure_future(held(True)), asyncio.ensure_future(held(True)),
+                 asyncio.ensure_future(held(False))]
+        await asyncio.sleep(0.01)
+        assert gauge._value.get() == 1  # only the request this worker's client sent
+        s.begin_drain()
+        drained = asyncio.ensure_future(s.drain(grace_s=10))
+        await asyncio.sleep(0.05)
+        assert not drained.done(), "the drain waits for the relayed requests too"
+        release.set()
+        await asyncio.gather(*tasks)
+        await asyncio.wait_for(drained, 5)
+        assert gauge._value.get() == 0
+    with_service(tiny_store, body)
+
+
 def test_scale_is_bounded_and_serialised_with_unload(tiny_store: Path) -> None:
     async def body(s: InferenceService) -> None:
         with pytest.raises(InvalidInput, match="between 1 and 4"):

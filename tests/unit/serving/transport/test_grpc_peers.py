@@ -39,7 +39,7 @@ class Worker:
         self.ran: list[str] = []
 
     @contextlib.contextmanager
-    def admission(self) -> Iterator[None]:
+    def admission(self, relayed: bool = False) -> Iterator[None]:
         yield
 
     def admitted(self) -> bool:

@@ -35,7 +35,7 @@ class AnsweringService:
         return True
 
     @contextlib.contextmanager
-    def admission(self) -> Iterator[None]:
+    def admission(self, relayed: bool = False) -> Iterator[None]:
         yield
 
     shared_memory = SharedMemoryRegistry()  # none registered: requests carry their data

@@ -24,7 +24,7 @@ class HeldService:
         self.most_inside = 0
 
     @contextlib.contextmanager
-    def admission(self) -> Iterator[None]:
+    def admission(self, relayed: bool = False) -> Iterator[None]:
         yield
 
     shared_memory = SharedMemoryRegistry()  # none registered: requests carry their data
