@@ -68,6 +68,9 @@ class CudaOpener(Protocol):
     def available(self) -> bool:
         """Whether a device is usable here (cheap after the first call)."""
 
+    def why_unavailable(self) -> str:
+        """Why no device is usable here ("" when one is)."""
+
     def open(self, raw_handle: bytes, device_id: int) -> DeviceBuffer:
         """Open ``raw_handle`` on ``device_id``. Raises CudaUnavailable, CudaError or
         ValueError (a device id that is not visible)."""
@@ -204,10 +207,13 @@ class CudaIpc:
         self._runtime = _Runtime()
 
     def available(self) -> bool:
+        return not self.why_unavailable()
+
+    def why_unavailable(self) -> str:
         try:
-            return self._runtime.devices() > 0
-        except CudaUnavailable:
-            return False
+            return "" if self._runtime.devices() > 0 else "no CUDA device is visible"
+        except CudaUnavailable as exc:
+            return str(exc)
 
     def open(self, raw_handle: bytes, device_id: int) -> DeviceBuffer:
         count = self._runtime.devices()

@@ -417,6 +417,18 @@ class InferenceService:
     def shared_memory_status(self, name: str = "") -> list[RegionStatus]:
         return self.shared_memory.status(name)
 
+    async def register_cuda_shared_memory(self, name: str, raw_handle: bytes, device_id: int,
+                                          byte_size: int) -> None:
+        """Open a CUDA IPC handle here, on a thread (the first one sets up a CUDA context); a
+        worker of a supervisor opens it on every worker before it answers."""
+        await asyncio.to_thread(self.shared_memory.register_cuda, name, raw_handle, device_id,
+                                byte_size)
+
+    async def unregister_cuda_shared_memory(self, name: str = "") -> None:
+        """Unregister CUDA region ``name`` ("" = all), on a thread (closing a handle is a CUDA
+        call); on every worker for a worker of a supervisor."""
+        await asyncio.to_thread(self.shared_memory.unregister_cuda, name)
+
     # -- inference ---------------------------------------------------------------------------
 
     def refuse_if_full(self, name: str, version: str = "") -> None:

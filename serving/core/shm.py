@@ -259,6 +259,16 @@ class SharedMemoryRegistry:
         """Whether CUDA regions can be registered here (a device is visible)."""
         return self._cuda.available()
 
+    def check_register_cuda(self, name: str, raw_handle: bytes, device_id: int,
+                            byte_size: int) -> None:
+        """The checks :meth:`register_cuda` makes before it opens the handle (a worker runs
+        them before asking every worker to open it)."""
+        self._check_name(name)
+        _check_cuda_request(name, raw_handle, device_id, byte_size)
+        missing = self._cuda.why_unavailable()
+        if missing:  # the same words as a failed open in one process
+            raise InvalidInput(f"CUDA shared memory requires a GPU: {missing}")
+
     def register_cuda(self, name: str, raw_handle: bytes, device_id: int,
                       byte_size: int) -> None:
         """Open ``raw_handle`` (a ``cudaIpcMemHandle_t``) on ``device_id`` and register

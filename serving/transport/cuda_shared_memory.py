@@ -24,7 +24,7 @@ from serving.transport import http_codec as codec
 from serving.transport.auth import ModelControlGate
 from serving.transport.errors import http_error_payload
 from serving.transport.http_body import header, read_body
-from serving.transport.shared_memory import cuda_status, register_cuda, shm_gate, unregister_cuda
+from serving.transport.shared_memory import cuda_status, shm_gate
 
 PREFIX = "/v2/cudasharedmemory"
 # A register body is a ~100-byte JSON object; anything much larger is not one.
@@ -89,13 +89,13 @@ class _Handlers:
         self._gate(request)
         doc = codec.parse_json_body(await read_body(request, self.body_limit), "register request")
         raw, device_id, byte_size = parse_register(doc)
-        await register_cuda(self.service, request.path_params["region"], raw, device_id,
-                            byte_size)
+        await self.service.register_cuda_shared_memory(request.path_params["region"], raw,
+                                                       device_id, byte_size)
         return Response(status_code=200)
 
     async def unregister(self, request: Request) -> Response:
         self._gate(request)
-        await unregister_cuda(self.service, request.path_params.get("region", ""))
+        await self.service.unregister_cuda_shared_memory(request.path_params.get("region", ""))
         return Response(status_code=200)
 
     async def unknown(self, request: Request) -> Response:

@@ -40,9 +40,7 @@ from serving.transport.grpc_wire import (
 )
 from serving.transport.shared_memory import (
     cuda_status,
-    register_cuda,
     shm_gate,
-    unregister_cuda,
     write_outputs_off_loop,
 )
 
@@ -332,8 +330,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.CudaSharedMemoryRegisterRequest, context: aio.ServicerContext
     ) -> pb.CudaSharedMemoryRegisterResponse:
         await self._cuda_gate(context)
-        await register_cuda(self._service, request.name, request.raw_handle, request.device_id,
-                            request.byte_size)
+        await self._service.register_cuda_shared_memory(request.name, request.raw_handle,
+                                                        request.device_id, request.byte_size)
         return pb.CudaSharedMemoryRegisterResponse()
 
     @grpc_errors
@@ -341,7 +339,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.CudaSharedMemoryUnregisterRequest, context: aio.ServicerContext
     ) -> pb.CudaSharedMemoryUnregisterResponse:
         await self._cuda_gate(context)
-        await unregister_cuda(self._service, request.name)
+        await self._service.unregister_cuda_shared_memory(request.name)
         return pb.CudaSharedMemoryUnregisterResponse()
 
 

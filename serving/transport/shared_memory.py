@@ -15,7 +15,7 @@ from serving.core.cuda_shm import CudaRegionStatus
 from serving.core.service import InferenceService
 from serving.core.shm import ShmScope
 from serving.core.types import InferResponse
-from serving.errors import PermissionDenied, Unsupported
+from serving.errors import PermissionDenied
 from serving.transport.auth import ModelControlGate
 
 # Outputs up to this many bytes are copied into their regions on the event loop.
@@ -41,27 +41,6 @@ async def write_outputs_off_loop(shm: ShmScope, response: InferResponse) -> None
         shm.write_outputs(response)
     else:
         await asyncio.to_thread(shm.write_outputs, response)
-
-
-def _one_process(service: InferenceService) -> None:
-    # A core that fans registrations out to its sibling workers overrides the system
-    # register; CUDA registrations have no fan-out yet, and a region only one worker opened
-    # would answer "Unable to find" on the others.
-    if type(service).register_shared_memory is not InferenceService.register_shared_memory:
-        raise Unsupported("CUDA shared memory is served by one worker process only: start "
-                          "the server with --workers 1 (auto picks one per GPU)")
-
-
-async def register_cuda(service: InferenceService, name: str, raw_handle: bytes,
-                        device_id: int, byte_size: int) -> None:
-    """Register a CUDA region; on a thread, since opening a handle may set up a CUDA context."""
-    _one_process(service)
-    await asyncio.to_thread(service.shared_memory.register_cuda, name, raw_handle, device_id,
-                            byte_size)
-
-
-async def unregister_cuda(service: InferenceService, name: str) -> None:
-    await asyncio.to_thread(service.shared_memory.unregister_cuda, name)
 
 
 def cuda_status(service: InferenceService, name: str) -> list[CudaRegionStatus]:

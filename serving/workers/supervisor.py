@@ -47,7 +47,7 @@ from serving.backends.devices import cuda_device_count
 from serving.core.gpu import GpuCollector
 from serving.core.host_metrics import HostCollector
 from serving.core.metrics import plain_numbers
-from serving.errors import AlreadyExists, InvalidInput, shown
+from serving.errors import InvalidInput
 from serving.settings import Settings
 from serving.signals import stop_on_signals
 from serving.transport.http_listener import HttpListener, reuse_port_socket
@@ -56,6 +56,7 @@ from serving.workers import BIND_FIRST_ENV, SETTINGS_ENV, SOCKET_ENV
 from serving.workers.board import LoadBoard, board_path
 from serving.workers.channel import LINE_LIMIT, Channel, ChannelClosed
 from serving.workers.metrics_merge import MergedCollector, merge_expositions
+from serving.workers.oplog import ControlLog
 
 logger = logging.getLogger("serving.supervisor")
 
@@ -121,7 +122,7 @@ class Supervisor:
         self._gpus = visible_gpus() if settings.device in ("auto", "cuda") else 0
         self._published_ready: bool | None = None
         self._control_lock = asyncio.Lock()
-        self._oplog: list[dict[str, Any]] = []
+        self._oplog = ControlLog()
         self._rundir = Path(tempfile.mkdtemp(prefix="capserve-run-"))
         LoadBoard.create(board_path(self._rundir), workers)
         self._board = LoadBoard.attach(board_path(self._rundir))
@@ -329,50 +330,33 @@ class Supervisor:
             return
         async with self._control_lock:
             try:
-                await channel.call("replay", timeout=ADMIT_TIMEOUT_S, ops=self._oplog)
+                await channel.call("replay", timeout=ADMIT_TIMEOUT_S, ops=self._oplog.entries)
             except (ChannelClosed, TimeoutError) as exc:
                 logger.error("worker %d could not catch up: %s", slot.index, exc)
                 return
             slot.admitted = True
             slot.early_deaths = 0
         logger.info("worker %d serving (%d control operations replayed)", slot.index,
-                    len(self._oplog))
+                    len(self._oplog.entries))
         await self._publish_ready(force=True)
 
     async def _control(self, op: str, params: dict[str, Any]) -> None:
         async with self._control_lock:
-            if op == "shm_register" and any(  # the same answer whichever worker was asked
-                    e["op"] == op and e["params"]["name"] == params["name"] for e in self._oplog):
-                raise AlreadyExists(f"shared memory region '{shown(str(params['name']))}' "
-                                    "already in manager")
+            refusal = self._oplog.refusal(op, params)
+            if refusal is not None:
+                raise refusal
             targets = [s for s in self.slots if s.admitted and s.channel is not None]
             failure = await self._fan_out(targets, op, params)
             if failure is None:
-                self._log(op, params)
+                self._oplog.record(op, params)
                 return
-            # All end the same: a load one worker refused is unloaded everywhere; a scale one
-            # refused goes back to the instance count the others had.
-            if op == "load":
-                undo = ("unload", {"name": params["name"]})
-            elif op == "scale":
-                undo = ("scale", {**params, "instances": params["previous"]})
-            elif op == "shm_register":  # the name was free everywhere (checked above)
-                undo = ("shm_unregister", {"name": params["name"]})
-            else:
+            # All end the same: what one worker refused is taken back on the others.
+            undo = self._oplog.undo(op, params)
+            if undo is None:
                 raise failure
             await self._fan_out(targets, *undo)
-            self._log(*undo)
+            self._oplog.record(*undo)
             raise failure
-
-    def _log(self, op: str, params: dict[str, Any]) -> None:
-        """Keep ``op`` for replacements. An unregistration is kept as the absence of the
-        registrations it ends, so registering and unregistering does not grow the log."""
-        if op != "shm_unregister":
-            self._oplog.append({"op": op, "params": params})
-            return
-        name = params["name"]
-        self._oplog = [e for e in self._oplog if e["op"] != "shm_register"
-                       or (name and e["params"]["name"] != name)]
 
     async def _fan_out(self, targets: list[WorkerSlot], op: str,
                        params: dict[str, Any]) -> Exception | None:

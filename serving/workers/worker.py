@@ -4,9 +4,9 @@ A worker is a whole server (its own batchers and backends) whose HTTP, gRPC and 
 listeners share their ports with the other workers (``SO_REUSEPORT``). What must look the same
 whichever worker answers goes through the supervisor:
 
-- model control (load, unload, scale, default version) and system shared-memory registration
-  are sent to the supervisor, which applies them on every worker before the client gets its
-  answer;
+- model control (load, unload, scale, default version) and system and CUDA shared-memory
+  registration are sent to the supervisor, which applies them on every worker before the
+  client gets its answer;
 - statistics add up over the workers;
 - readiness is this worker's own and the supervisor's "every worker is ready".
 
@@ -18,6 +18,7 @@ models as the others, so no client ever reaches a worker that is still loading.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -134,6 +135,19 @@ class WorkerService(InferenceService):
     async def unregister_shared_memory(self, name: str = "") -> None:
         await self._control("shm_unregister", name=name)
 
+    async def register_cuda_shared_memory(self, name: str, raw_handle: bytes, device_id: int,
+                                          byte_size: int) -> None:
+        # Each worker is its own process and opens the handle itself (a CUDA IPC handle opens
+        # in any process but the one that made it); a malformed request, or a server without
+        # a device, is refused here before any fan-out.
+        self.shared_memory.check_register_cuda(name, raw_handle, device_id, byte_size)
+        await self._control("cuda_register", name=name,
+                            raw_handle=base64.b64encode(raw_handle).decode("ascii"),
+                            device_id=device_id, byte_size=byte_size)
+
+    async def unregister_cuda_shared_memory(self, name: str = "") -> None:
+        await self._control("cuda_unregister", name=name)
+
     async def _control(self, op: str, **params: Any) -> None:
         if self._link is None or self._link.closed:
             raise ServerNotReady("Server is not ready: model control waits for every worker "
@@ -159,6 +173,12 @@ class WorkerService(InferenceService):
                                         int(params["byte_size"]))
         elif op == "shm_unregister":
             self.shared_memory.unregister(name)
+        elif op == "cuda_register":
+            await InferenceService.register_cuda_shared_memory(
+                self, name, base64.b64decode(str(params["raw_handle"])),
+                int(params["device_id"]), int(params["byte_size"]))
+        elif op == "cuda_unregister":
+            await InferenceService.unregister_cuda_shared_memory(self, name)
         else:
             raise InvalidInput(f"unknown control operation '{op}'")
 
@@ -217,10 +237,11 @@ async def _handle(server: Server, service: WorkerService, method: str,
             try:
                 await service.apply(str(entry["op"]), dict(entry["params"]))
             except ServingError as exc:
-                if not str(entry["op"]).startswith("shm_"):
+                if not str(entry["op"]).startswith(("shm_", "cuda_")):
                     raise
-                # The client removed the object since it registered it: the other workers
-                # still map it, this one cannot; its requests get "Unable to find".
+                # The client removed the object (or freed the device allocation) since it
+                # registered it: the other workers still map it, this one cannot; its
+                # requests get "Unable to find".
                 logger.error("shared memory region '%s' cannot be registered on this worker: "
                              "%s", entry["params"].get("name"), exc)
         await _open(server)

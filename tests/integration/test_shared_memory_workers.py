@@ -1,14 +1,18 @@
-"""System shared memory with ``--workers 2``, and perf_analyzer ``--shared-memory system``.
+"""System and CUDA shared memory with ``--workers 2``, and perf_analyzer ``--shared-memory
+system``.
 
 A region registered over one connection is seen by both workers: requests on new connections
 reach both (the ``capserve-worker`` header says which) and each reads its input from the region
 and writes lenet's logits into the output region, equal to ONNX Runtime's; unregistered over
 another connection, it is gone on both. perf_analyzer registers its own regions, runs, and
-unregisters them over gRPC and HTTP.
+unregisters them over gRPC and HTTP. CUDA registrations fan out the same way: without a GPU
+each worker gives the single-process answer; with one, the last test infers through CUDA
+regions on both workers (it runs only where a device is lent).
 """
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 import uuid
@@ -19,12 +23,14 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException
 
 from tests.helpers.server import ServerProcess, start_server
-from tests.integration.conftest import API_TOKEN
+from tests.integration.conftest import API_TOKEN, assert_error
 from tests.integration.test_perf_analyzer import perf_analyzer  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
@@ -155,3 +161,65 @@ def test_perf_analyzer_shared_memory_system(
     status = httpclient.InferenceServerClient(two.http_url).get_system_shared_memory_status(
         headers=AUTH)
     assert status == [], status
+
+
+GPU = torch.cuda.is_available()
+
+
+@pytest.mark.skipif(GPU, reason="asserts the answers of a server without a GPU")
+def test_cuda_register_without_a_gpu_gets_the_one_process_answer_from_every_worker(
+        two: ServerProcess) -> None:
+    raw = bytes(range(64))
+    seen = set()
+    for _ in range(12):  # new connections reach both workers
+        with httpx.Client(timeout=10) as c:
+            r = c.post(f"{two.base}/v2/cudasharedmemory/region/g/register", headers=AUTH,
+                       json={"raw_handle": {"b64": base64.b64encode(raw).decode()},
+                             "device_id": 0, "byte_size": 64})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"].startswith("CUDA shared memory requires a GPU: "), r.text
+        seen.add(r.headers["capserve-worker"])
+    assert seen == {"0", "1"}
+    client = grpcclient.InferenceServerClient(two.grpc_url)
+    with pytest.raises(InferenceServerException) as exc:
+        client.register_cuda_shared_memory("g", base64.b64encode(raw), 0, 64, headers=AUTH)
+    assert_error(exc, "grpc", 400, "CUDA shared memory requires a GPU: ")
+    assert client.get_cuda_shared_memory_status(headers=AUTH, as_json=True).get(
+        "regions", {}) == {}
+    client.unregister_cuda_shared_memory(headers=AUTH)
+    client.close()
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device (runs on a lent GPU machine)")
+def test_cuda_regions_reach_every_worker(two: ServerProcess, store: Path) -> None:
+    import tritonclient.utils.cuda_shared_memory as cudashm
+
+    x = np.random.default_rng(7).random((BATCH, 1, 28, 28), dtype=np.float32)
+    (want,) = ort.InferenceSession(str(store / "lenet" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    tag = uuid.uuid4().hex[:10]
+    handles = [cudashm.create_shared_memory_region(f"cin_{tag}", x.nbytes, 0),
+               cudashm.create_shared_memory_region(f"cout_{tag}", want.nbytes, 0)]
+    client = httpclient.InferenceServerClient(two.http_url)
+    try:
+        cudashm.set_shared_memory_region(handles[0], [x])
+        for name, handle, size in ((f"cin_{tag}", handles[0], x.nbytes),
+                                   (f"cout_{tag}", handles[1], want.nbytes)):
+            client.register_cuda_shared_memory(name, cudashm.get_raw_handle(handle), 0, size,
+                                               headers=AUTH)
+        seen = set()
+        for _ in range(40):
+            cudashm.set_shared_memory_region(handles[1], [np.zeros_like(want)])
+            r = _infer_new_connection(two, f"cin_{tag}", f"cout_{tag}", x.nbytes, want.nbytes)
+            assert r.status_code == 200, r.text
+            got = cudashm.get_contents_as_numpy(handles[1], np.float32, list(want.shape))
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+            seen.add(r.headers["capserve-worker"])
+            if len(seen) == 2:
+                break
+        assert seen == {"0", "1"}
+    finally:
+        client.unregister_cuda_shared_memory(headers=AUTH)
+        assert client.get_cuda_shared_memory_status(headers=AUTH) == []
+        for handle in handles:
+            cudashm.destroy_shared_memory_region(handle)

@@ -15,52 +15,11 @@ from multiprocessing import shared_memory
 import numpy as np
 import pytest
 
-from serving.core.cuda_shm import CudaError, CudaIpc, CudaUnavailable
+from serving.core.cuda_shm import CudaIpc
 from serving.core.shm import RegionNotFound, SharedMemoryRegistry
 from serving.core.types import InferResponse, Tensor
 from serving.errors import AlreadyExists, InvalidInput
-
-HANDLE = bytes(range(64))
-
-
-class FakeBuffer:
-    """Host bytes standing in for an opened IPC allocation."""
-
-    def __init__(self, extent: int, device_id: int) -> None:
-        self.mem = np.zeros(extent, np.uint8)
-        self.device_id, self.pointer, self.extent = device_id, 0x7F0000000000, extent
-        self.closed = 0
-
-    def to_host(self, offset: int, out: np.ndarray) -> None:
-        assert offset >= 0 and offset + out.nbytes <= self.extent  # the registry's promise
-        out.view(np.uint8).reshape(-1)[:] = self.mem[offset:offset + out.nbytes]
-
-    def from_host(self, offset: int, src: np.ndarray) -> None:
-        assert offset >= 0 and offset + src.nbytes <= self.extent
-        self.mem[offset:offset + src.nbytes] = src.view(np.uint8).reshape(-1)
-
-    def close(self) -> None:
-        self.closed += 1
-
-
-class FakeOpener:
-    def __init__(self, extent: int = 4096, devices: int = 1) -> None:
-        self.extent, self.devices = extent, devices
-        self.opened: list[FakeBuffer] = []
-
-    def available(self) -> bool:
-        return self.devices > 0
-
-    def open(self, raw_handle: bytes, device_id: int) -> FakeBuffer:
-        if self.devices == 0:
-            raise CudaUnavailable("no CUDA device is visible")
-        if device_id >= self.devices:
-            raise ValueError(f"device_id {device_id} is not a visible CUDA device")
-        if raw_handle == b"\xff" * 64:
-            raise CudaError("cudaIpcOpenMemHandle failed: invalid argument (error 1)")
-        buf = FakeBuffer(self.extent, device_id)
-        self.opened.append(buf)
-        return buf
+from tests.helpers.fake_cuda import HANDLE, FakeOpener
 
 
 @pytest.fixture
@@ -140,8 +99,13 @@ def test_the_real_opener_without_a_device_gives_the_reason() -> None:
     if ipc.available():
         pytest.skip("a CUDA device is visible")
     reg = SharedMemoryRegistry(cuda=ipc)
-    with pytest.raises(InvalidInput, match="CUDA shared memory requires a GPU: .+"):
+    with pytest.raises(InvalidInput, match="CUDA shared memory requires a GPU: .+") as opened:
         reg.register_cuda("g", HANDLE, 0, 64)
+    # A worker's check before the fan-out gives the same answer as the open it stands for.
+    with pytest.raises(InvalidInput) as checked:
+        reg.check_register_cuda("g", HANDLE, 0, 64)
+    assert checked.value.message == opened.value.message
+    assert ipc.why_unavailable() in opened.value.message
 
 
 def _response(name: str, data: np.ndarray) -> InferResponse:
