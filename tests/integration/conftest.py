@@ -7,7 +7,9 @@ queue-full, timeout and drain) and stay fast on two shared CPU cores.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -163,6 +165,25 @@ FLAVOURS = ["grpc", "http"]
 GRPC_CODE = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 503: "UNAVAILABLE", 500: "INTERNAL",
              501: "UNIMPLEMENTED", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
              413: "RESOURCE_EXHAUSTED"}
+
+
+def one_model_store(model_dir: Path, tmp: Path) -> Path:
+    """A store under ``tmp`` holding a copy of one model folder."""
+    store = tmp / "model_store"
+    store.mkdir()
+    shutil.copytree(model_dir, store / model_dir.name)
+    return store
+
+
+@contextlib.contextmanager
+def two_workers(store: Path, token_file: Path, logs: Path) -> Iterator[ServerProcess]:
+    """A server of two worker processes on ``store``, model control behind the token."""
+    server = start_server(store, logs, extra_args=[
+        "--workers", "2", "--enable-model-control", "--api-token-file", str(token_file)])
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def module(flavour: str) -> ModuleType:

@@ -13,10 +13,9 @@ regions on both workers (it runs only where a device is lent).
 from __future__ import annotations
 
 import base64
-import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -29,8 +28,8 @@ import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers.server import ServerProcess, start_server
-from tests.integration.conftest import API_TOKEN, assert_error
+from tests.helpers.server import ServerProcess
+from tests.integration.conftest import API_TOKEN, assert_error, one_model_store, two_workers
 from tests.integration.test_perf_analyzer import perf_analyzer  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
@@ -45,21 +44,14 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     built = ROOT / "model_store" / "lenet"
     source = built if (built / "1" / "model.onnx").exists() else \
         request.getfixturevalue("default_store") / "lenet"
-    out = tmp_path_factory.mktemp("shm-store") / "model_store"
-    out.mkdir()
-    shutil.copytree(source, out / "lenet")
-    return out
+    return one_model_store(source, tmp_path_factory.mktemp("shm-store"))
 
 
 @pytest.fixture(scope="module")
 def two(store: Path, token_file: Path,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = start_server(store, tmp_path_factory.mktemp("shm-workers-logs"), extra_args=[
-        "--workers", "2", "--enable-model-control", "--api-token-file", str(token_file)])
-    try:
+    with two_workers(store, token_file, tmp_path_factory.mktemp("shm-workers-logs")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _infer_new_connection(server: ServerProcess, region_in: str, region_out: str,
@@ -72,6 +64,17 @@ def _infer_new_connection(server: ServerProcess, region_in: str, region_out: str
                                         "shared_memory_byte_size": size_out}}]}
     with httpx.Client(timeout=30) as c:
         return c.post(server.base + "/v2/models/lenet/infer", json=body)
+
+
+def _until_both_workers(attempt: Callable[[], str]) -> set[str]:
+    """Run ``attempt`` (one request on a new connection, checked; it returns the worker that
+    answered) until both workers have answered, 40 times at most."""
+    seen: set[str] = set()
+    for _ in range(40):
+        seen.add(attempt())
+        if len(seen) == 2:
+            break
+    return seen
 
 
 def test_registrations_reach_every_worker(two: ServerProcess, store: Path) -> None:
@@ -90,30 +93,26 @@ def test_registrations_reach_every_worker(two: ServerProcess, store: Path) -> No
                                                    headers=AUTH)
         status = grpc_client.get_system_shared_memory_status(headers=AUTH, as_json=True)
         assert set(status["regions"]) == {f"in_{tag}", f"out_{tag}"}
-        seen = set()
-        for _ in range(40):
+        def served() -> str:
             shm.set_shared_memory_region(handles[1], [np.zeros_like(want)])
             r = _infer_new_connection(two, f"in_{tag}", f"out_{tag}", x.nbytes, want.nbytes)
             assert r.status_code == 200, r.text
             assert "data" not in r.json()["outputs"][0]
             got = shm.get_contents_as_numpy(handles[1], np.float32, list(want.shape))
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-            seen.add(r.headers["capserve-worker"])
-            if len(seen) == 2:
-                break
-        assert seen == {"0", "1"}
+            return r.headers["capserve-worker"]
+
+        assert _until_both_workers(served) == {"0", "1"}
         # Unregistered over HTTP: gone on both workers.
         httpclient.InferenceServerClient(two.http_url).unregister_system_shared_memory(
             headers=AUTH)
-        seen = set()
-        for _ in range(40):
+        def gone() -> str:
             r = _infer_new_connection(two, f"in_{tag}", f"out_{tag}", x.nbytes, want.nbytes)
             assert r.status_code == 404, r.text
             assert "Unable to find shared memory region" in r.json()["error"]
-            seen.add(r.headers["capserve-worker"])
-            if len(seen) == 2:
-                break
-        assert seen == {"0", "1"}
+            return r.headers["capserve-worker"]
+
+        assert _until_both_workers(gone) == {"0", "1"}
         grpc_client.close()
     finally:
         for handle in handles:
@@ -207,17 +206,15 @@ def test_cuda_regions_reach_every_worker(two: ServerProcess, store: Path) -> Non
                                    (f"cout_{tag}", handles[1], want.nbytes)):
             client.register_cuda_shared_memory(name, cudashm.get_raw_handle(handle), 0, size,
                                                headers=AUTH)
-        seen = set()
-        for _ in range(40):
+        def served() -> str:
             cudashm.set_shared_memory_region(handles[1], [np.zeros_like(want)])
             r = _infer_new_connection(two, f"cin_{tag}", f"cout_{tag}", x.nbytes, want.nbytes)
             assert r.status_code == 200, r.text
             got = cudashm.get_contents_as_numpy(handles[1], np.float32, list(want.shape))
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-            seen.add(r.headers["capserve-worker"])
-            if len(seen) == 2:
-                break
-        assert seen == {"0", "1"}
+            return r.headers["capserve-worker"]
+
+        assert _until_both_workers(served) == {"0", "1"}
     finally:
         client.unregister_cuda_shared_memory(headers=AUTH)
         assert client.get_cuda_shared_memory_status(headers=AUTH) == []

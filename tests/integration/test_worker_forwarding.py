@@ -9,7 +9,6 @@ regions), and against ``--no-peer-forwarding``, where the connection's worker ru
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ import tritonclient.utils.shared_memory as shm
 from serving.generated import grpc_service_pb2 as pb
 from serving.generated import grpc_service_pb2_grpc as pb_grpc
 from tests.helpers.server import ServerProcess, start_server
-from tests.integration.conftest import API_TOKEN, SLOW_WIDTH
+from tests.integration.conftest import API_TOKEN, SLOW_WIDTH, one_model_store, two_workers
 
 pytestmark = pytest.mark.integration
 
@@ -33,27 +32,16 @@ CALLS = 24
 ROWS = 4  # per request: slow_batch's identity chain returns its input unchanged
 
 
-def _store(tiny_store: Path, tmp: Path) -> Path:
-    store = tmp / "model_store"
-    store.mkdir()
-    shutil.copytree(tiny_store / "slow_batch", store / "slow_batch")
-    return store
-
-
 @pytest.fixture(scope="module")
 def store(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _store(tiny_store, tmp_path_factory.mktemp("forwarding-store"))
+    return one_model_store(tiny_store / "slow_batch", tmp_path_factory.mktemp("forwarding-store"))
 
 
 @pytest.fixture(scope="module")
 def two(store: Path, token_file: Path,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = start_server(store, tmp_path_factory.mktemp("forwarding-logs"), extra_args=[
-        "--workers", "2", "--enable-model-control", "--api-token-file", str(token_file)])
-    try:
+    with two_workers(store, token_file, tmp_path_factory.mktemp("forwarding-logs")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _inputs(i: int) -> np.ndarray:

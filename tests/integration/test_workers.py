@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.generated import torchserve_inference_pb2 as inf
 from serving.generated import torchserve_inference_pb2_grpc as inf_grpc
 from tests.helpers.server import ServerProcess, http_status, start_server
-from tests.integration.conftest import API_TOKEN, SLOW_WIDTH
+from tests.integration.conftest import API_TOKEN, SLOW_WIDTH, one_model_store, two_workers
 from tests.integration.test_shutdown import GRACE_S, sigterm_under_load
 
 pytestmark = pytest.mark.integration
@@ -41,23 +41,12 @@ X = np.zeros((1, 1, 28, 28), np.float32)
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
-def _lenet_store(default_store: Path, tmp: Path) -> Path:
-    store = tmp / "model_store"
-    store.mkdir()
-    shutil.copytree(default_store / "lenet", store / "lenet")
-    return store
-
-
 @pytest.fixture(scope="module")
 def two(default_store: Path, token_file: Path,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    store = _lenet_store(default_store, tmp_path_factory.mktemp("workers-store"))
-    server = start_server(store, tmp_path_factory.mktemp("workers-logs"), extra_args=[
-        "--workers", "2", "--enable-model-control", "--api-token-file", str(token_file)])
-    try:
+    store = one_model_store(default_store / "lenet", tmp_path_factory.mktemp("workers-store"))
+    with two_workers(store, token_file, tmp_path_factory.mktemp("workers-logs")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _workers(server: ServerProcess) -> list[psutil.Process]:
