@@ -139,8 +139,10 @@ class WorkerService(InferenceService):
                                           byte_size: int) -> None:
         # Each worker is its own process and opens the handle itself (a CUDA IPC handle opens
         # in any process but the one that made it); a malformed request, or a server without
-        # a device, is refused here before any fan-out.
-        self.shared_memory.check_register_cuda(name, raw_handle, device_id, byte_size)
+        # a device, is refused here before any fan-out. On a thread: the first check loads the
+        # CUDA runtime and counts devices, which can take a while.
+        await asyncio.to_thread(self.shared_memory.check_register_cuda, name, raw_handle,
+                                device_id, byte_size)
         await self._control("cuda_register", name=name,
                             raw_handle=base64.b64encode(raw_handle).decode("ascii"),
                             device_id=device_id, byte_size=byte_size)
