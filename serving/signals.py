@@ -2,6 +2,12 @@
 
 The first signal asks for a graceful stop (the returned event is set); a second one ends the
 process at once with status 1, after ``on_second`` (the supervisor kills its workers there).
+
+One request to stop often arrives as two signals a few milliseconds apart: ``make serve``
+passes a SIGTERM on to its child, and systemd's default ``KillMode=control-group`` signals every
+process of the unit at once, so a worker hears it from systemd and again from its supervisor's
+drain. A repeat within ``SAME_REQUEST_S`` of the first is that same request, not a second one;
+and a worker never ends itself on a repeat (its supervisor ends the drain at the grace period).
 """
 
 from __future__ import annotations
@@ -11,29 +17,37 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 logger = logging.getLogger("serving")
 
 
+SAME_REQUEST_S = 0.5
+
+
 def stop_on_signals(on_second: Callable[[], None] | None = None,
                     second_notice: str = "capserve: second signal, exiting without draining",
-                    ) -> asyncio.Event:
+                    force_on_second: bool = True,
+                    clock: Callable[[], float] = time.monotonic) -> asyncio.Event:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    received = 0
+    first_at: float | None = None
 
     def handle(signum: int) -> None:
-        nonlocal received
-        received += 1
-        if received > 1:
+        nonlocal first_at
+        if first_at is not None:
+            if not force_on_second or clock() - first_at < SAME_REQUEST_S:
+                logger.info("received %s again, still draining", signal.Signals(signum).name)
+                return
             if second_notice:
                 sys.stderr.write(second_notice + "\n")
                 sys.stderr.flush()
             if on_second is not None:
                 on_second()
             os._exit(1)
+        first_at = clock()
         logger.info("received %s, shutting down", signal.Signals(signum).name)
         stop.set()
 

@@ -276,7 +276,7 @@ async def run(settings: Settings, socket_path: str, bind_first: bool) -> int:
     service = server.service
     assert isinstance(service, WorkerService)
     service.use_board(server.board, settings.worker_id)
-    stop = stop_on_signals(second_notice="")
+    stop = stop_on_signals(second_notice="", force_on_second=False)
 
     async def handler(method: str, params: dict[str, Any]) -> Any:
         return await _handle(server, service, method, params)

@@ -14,6 +14,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,9 +92,11 @@ class Drained:
     log: str
 
 
-def sigterm_under_load(server: ServerProcess, clients: int) -> Drained:
+def sigterm_under_load(server: ServerProcess, clients: int,
+                       send: Callable[[ServerProcess], None] | None = None) -> Drained:
     """Half gRPC, half HTTP clients keep sending to the slow batching model; after 2 s the
-    server gets SIGTERM. Every outcome, the exit status and its times come back."""
+    server gets SIGTERM (or ``send`` signals it its own way). Every outcome, the exit status
+    and its times come back."""
     stop = threading.Event()
     outcomes: list[list[Outcome]] = [[] for _ in range(clients)]
     threads = [
@@ -106,7 +109,10 @@ def sigterm_under_load(server: ServerProcess, clients: int) -> Drained:
             t.start()
         time.sleep(2.0)
         signalled = time.monotonic()
-        server.proc.send_signal(signal.SIGTERM)
+        if send is None:
+            server.proc.send_signal(signal.SIGTERM)
+        else:
+            send(server)
         code = server.proc.wait(timeout=GRACE_S + 15)
         exited = time.monotonic()
     finally:

@@ -269,3 +269,25 @@ def test_sigterm_with_two_workers_drains_accepted_work(tiny_store: Path, tmp_pat
                                                 log))
     assert log.count("drained: 0 requests still in flight") == 2, log[-3000:]
     assert sum(o.result == "ok" for o in flat if o.finished > signalled) >= accepted
+
+
+def test_sigterm_to_every_process_at_once_still_drains(tiny_store: Path, tmp_path: Path) -> None:
+    """systemd's default KillMode=control-group (or `pkill`) signals the supervisor and every
+    worker at once; each worker then hears SIGTERM again from the supervisor's drain. That is
+    one request to stop: accepted requests are answered and the server exits 0."""
+    server = start_server(tiny_store, tmp_path, extra_args=[
+        "--workers", "2", "--shutdown-grace-seconds", str(GRACE_S)])
+
+    def every_process(server: ServerProcess) -> None:
+        workers = _workers(server)
+        assert len(workers) == 2
+        for proc in [psutil.Process(server.proc.pid), *workers]:
+            proc.send_signal(signal.SIGTERM)
+
+    drained = sigterm_under_load(server, 16, send=every_process)
+    log, flat = drained.log, drained.outcomes
+    lost = [o for o in flat if o.result not in ("ok", "refused")]
+    assert drained.code == 0, log[-3000:]
+    assert not lost, lost[:5]
+    assert log.count("drained: 0 requests still in flight") == 2, log[-3000:]
+    assert "received SIGTERM again, still draining" in log, log[-3000:]
