@@ -33,7 +33,7 @@ from serving.core.describe import ModelDescription
 from serving.core.service import InferenceService
 from serving.core.stats import ModelStats, merge_stats, stats_from_dict, stats_to_dict
 from serving.core.types import InferRequest, InferResponse
-from serving.errors import InvalidInput, ServerNotReady, ServingError
+from serving.errors import InvalidInput, ModelNotFound, ServerNotReady, ServingError
 from serving.settings import Settings
 from serving.signals import run_and_exit, stop_on_signals
 from serving.workers import BIND_FIRST_ENV, SETTINGS_ENV, SOCKET_ENV
@@ -239,6 +239,8 @@ async def _handle(server: Server, service: WorkerService, method: str,
             try:
                 await service.apply(str(entry["op"]), dict(entry["params"]))
             except ServingError as exc:
+                if entry["op"] == "unload" and isinstance(exc, ModelNotFound):
+                    continue  # its folder left the store too: not here is what unload asks
                 if not str(entry["op"]).startswith(("shm_", "cuda_")):
                     raise
                 # The client removed the object (or freed the device allocation) since it

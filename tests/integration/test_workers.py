@@ -50,8 +50,12 @@ def two(default_store: Path, token_file: Path,
 
 
 def _workers(server: ServerProcess) -> list[psutil.Process]:
-    return [p for p in psutil.Process(server.proc.pid).children()
-            if "serving.workers.worker" in " ".join(p.cmdline())]
+    found = []
+    for p in psutil.Process(server.proc.pid).children():
+        with contextlib.suppress(psutil.Error):  # one that just died has no command line
+            if "serving.workers.worker" in " ".join(p.cmdline()):
+                found.append(p)
+    return found
 
 
 def _metric(server: ServerProcess, name: str, **labels: str) -> float:
@@ -291,3 +295,33 @@ def test_sigterm_to_every_process_at_once_still_drains(tiny_store: Path, tmp_pat
     assert not lost, lost[:5]
     assert log.count("drained: 0 requests still in flight") == 2, log[-3000:]
     assert "received SIGTERM again, still draining" in log, log[-3000:]
+
+
+def test_a_replacement_replays_a_short_log_and_serves_the_same_state(
+        two: ServerProcess) -> None:
+    """Reloads and scales again and again: the log a replacement replays keeps only what
+    still decides the state, and the replacement ends with the others' instance count."""
+    def mgmt(method: str, path: str) -> httpx.Response:
+        r = httpx.request(method, two.management_base + path, headers=AUTH, timeout=120)
+        assert r.status_code == 200, r.text
+        return r
+
+    for count in (3, 1, 2, 1, 2):
+        with httpx.Client(timeout=120) as c:
+            r = c.post(two.base + "/v2/repository/models/lenet/load", headers=AUTH)
+            assert r.status_code == 200, r.text
+        mgmt("PUT", f"/models/lenet?min_worker={count}&synchronous=true")
+    before = mgmt("GET", "/models/lenet").json()[0]
+    pid = _worker_pid(two, 1)
+    assert pid is not None
+    psutil.Process(pid).kill()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (_worker_pid(two, 1) in (None, pid) or
+                                           http_status(two.base + "/v2/health/ready") != 200):
+        time.sleep(0.2)
+    assert http_status(two.base + "/v2/health/ready") == 200, two.log()[-2000:]
+    replayed = re.findall(r"worker 1 serving \((\d+) control operations replayed\)", two.log())
+    assert replayed and int(replayed[-1]) <= 2, (replayed, two.log()[-2000:])  # load, scale
+    after = mgmt("GET", "/models/lenet").json()[0]
+    assert len(after["workers"]) == len(before["workers"]), (before, after)
+    assert after["minWorkers"] == before["minWorkers"], (before, after)
