@@ -32,9 +32,15 @@ from tests.integration.conftest import _save
 from tests.integration.test_v2_disconnect import _pending
 
 WIDTH = 1024
-DEPTH = 12
-BUSY_CLIENTS = 6
+DEPTH = 36
+BUSY_CLIENTS = 8
 IMAGES_PER_BUSY = 32
+# Images (one pending request each) queued before the hang-up: four full batches ahead of it
+# (each about 30 ms here at this depth), so its client is gone before an instance could take
+# it. A gRPC hang-up (new channel, call, cancel) takes about 50 ms; with five images queued and
+# a third of the depth, the queue could drain first and the request ran before its cancel came
+# (a race in the test, measured: 63 pending at the hang-up, none 50 ms later).
+QUEUED_AHEAD = 128
 
 
 def _slow_classifier(model_dir: Path) -> None:
@@ -116,7 +122,7 @@ def _hang_up_while_busy(server: ServerProcess, hang_up: Callable[[], None]) -> N
         # Batches of images from several clients keep the single instance busy ...
         busy = [pool.submit(_busy, server) for _ in range(BUSY_CLIENTS)]
         deadline = time.monotonic() + 30
-        while _pending(server, "slow_digits") < 5:  # one running, several queued
+        while _pending(server, "slow_digits") < QUEUED_AHEAD:
             assert time.monotonic() < deadline, "the busy requests never queued up"
             time.sleep(0.005)
         # ... while a client queues one more image and hangs up before its answer.
