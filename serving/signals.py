@@ -29,8 +29,7 @@ SAME_REQUEST_S = 0.5
 
 def stop_on_signals(on_second: Callable[[], None] | None = None,
                     second_notice: str = "capserve: second signal, exiting without draining",
-                    force_on_second: bool = True,
-                    clock: Callable[[], float] = time.monotonic) -> asyncio.Event:
+                    force_on_second: bool = True) -> asyncio.Event:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     first_at: float | None = None
@@ -38,7 +37,7 @@ def stop_on_signals(on_second: Callable[[], None] | None = None,
     def handle(signum: int) -> None:
         nonlocal first_at
         if first_at is not None:
-            if not force_on_second or clock() - first_at < SAME_REQUEST_S:
+            if not force_on_second or time.monotonic() - first_at < SAME_REQUEST_S:
                 logger.info("received %s again, still draining", signal.Signals(signum).name)
                 return
             if second_notice:
@@ -47,7 +46,7 @@ def stop_on_signals(on_second: Callable[[], None] | None = None,
             if on_second is not None:
                 on_second()
             os._exit(1)
-        first_at = clock()
+        first_at = time.monotonic()
         logger.info("received %s, shutting down", signal.Signals(signum).name)
         stop.set()
 

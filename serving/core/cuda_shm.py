@@ -65,11 +65,8 @@ class DeviceBuffer(Protocol):
 
 
 class CudaOpener(Protocol):
-    def available(self) -> bool:
-        """Whether a device is usable here (cheap after the first call)."""
-
     def why_unavailable(self) -> str:
-        """Why no device is usable here ("" when one is)."""
+        """Why no device is usable here ("" when one is; cheap after the first call)."""
 
     def open(self, raw_handle: bytes, device_id: int) -> DeviceBuffer:
         """Open ``raw_handle`` on ``device_id``. Raises CudaUnavailable, CudaError or
@@ -205,9 +202,6 @@ class CudaIpc:
 
     def __init__(self) -> None:
         self._runtime = _Runtime()
-
-    def available(self) -> bool:
-        return not self.why_unavailable()
 
     def why_unavailable(self) -> str:
         try:

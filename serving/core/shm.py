@@ -257,7 +257,7 @@ class SharedMemoryRegistry:
 
     def cuda_available(self) -> bool:
         """Whether CUDA regions can be registered here (a device is visible)."""
-        return self._cuda.available()
+        return not self._cuda.why_unavailable()
 
     def check_register_cuda(self, name: str, raw_handle: bytes, device_id: int,
                             byte_size: int) -> None:
@@ -273,8 +273,7 @@ class SharedMemoryRegistry:
                       byte_size: int) -> None:
         """Open ``raw_handle`` (a ``cudaIpcMemHandle_t``) on ``device_id`` and register
         ``byte_size`` bytes of it; the byte size must lie inside the shared allocation."""
-        self._check_name(name)
-        _check_cuda_request(name, raw_handle, device_id, byte_size)
+        self.check_register_cuda(name, raw_handle, device_id, byte_size)
         failed = f"failed to register CUDA shared memory region '{shown(name)}'"
         try:
             buffer = self._cuda.open(bytes(raw_handle), device_id)

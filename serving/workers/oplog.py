@@ -3,9 +3,9 @@
 A replacement worker replays it to serve the same models and see the same shared-memory
 regions as the others, so it must stay about as short as the state it describes: an
 unregistration is kept as the absence of the registrations it ends, not as one more entry, and
-an operation drops the earlier ones it overrides. Region names are
-one namespace over system and CUDA regions (as in one process), so a name registered as either
-kind is refused for both whichever worker is asked.
+an operation drops the earlier ones it overrides. Region names are one namespace over system
+and CUDA regions (as in one process), so a name registered as either kind is refused for both
+whichever worker is asked.
 """
 
 from __future__ import annotations

@@ -37,9 +37,6 @@ class FakeOpener:
         self.opened: list[FakeBuffer] = []
         self.handles: list[bytes] = []  # every handle it was asked to open, in order
 
-    def available(self) -> bool:
-        return self.devices > 0
-
     def why_unavailable(self) -> str:
         return "" if self.devices > 0 else "no CUDA device is visible"
 

@@ -176,7 +176,7 @@ def one_model_store(model_dir: Path, tmp: Path) -> Path:
 
 
 @contextlib.contextmanager
-def two_workers(store: Path, token_file: Path, logs: Path) -> Iterator[ServerProcess]:
+def two_worker_server(store: Path, token_file: Path, logs: Path) -> Iterator[ServerProcess]:
     """A server of two worker processes on ``store``, model control behind the token."""
     server = start_server(store, logs, extra_args=[
         "--workers", "2", "--enable-model-control", "--api-token-file", str(token_file)])

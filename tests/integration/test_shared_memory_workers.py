@@ -29,7 +29,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
 from tests.helpers.server import ServerProcess
-from tests.integration.conftest import API_TOKEN, assert_error, one_model_store, two_workers
+from tests.integration.conftest import API_TOKEN, assert_error, one_model_store, two_worker_server
 from tests.integration.test_perf_analyzer import perf_analyzer  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="module")
 def two(store: Path, token_file: Path,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with two_workers(store, token_file, tmp_path_factory.mktemp("shm-workers-logs")) as server:
+    with two_worker_server(store, token_file, tmp_path_factory.mktemp("shm-workers-logs")) as server:
         yield server
 
 

@@ -23,7 +23,7 @@ import tritonclient.utils.shared_memory as shm
 from serving.generated import grpc_service_pb2 as pb
 from serving.generated import grpc_service_pb2_grpc as pb_grpc
 from tests.helpers.server import ServerProcess, start_server
-from tests.integration.conftest import API_TOKEN, SLOW_WIDTH, one_model_store, two_workers
+from tests.integration.conftest import API_TOKEN, SLOW_WIDTH, one_model_store, two_worker_server
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def store(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def two(store: Path, token_file: Path,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with two_workers(store, token_file, tmp_path_factory.mktemp("forwarding-logs")) as server:
+    with two_worker_server(store, token_file, tmp_path_factory.mktemp("forwarding-logs")) as server:
         yield server
 
 

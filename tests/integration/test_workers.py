@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.generated import torchserve_inference_pb2 as inf
 from serving.generated import torchserve_inference_pb2_grpc as inf_grpc
 from tests.helpers.server import ServerProcess, http_status, start_server
-from tests.integration.conftest import API_TOKEN, SLOW_WIDTH, one_model_store, two_workers
+from tests.integration.conftest import API_TOKEN, SLOW_WIDTH, one_model_store, two_worker_server
 from tests.integration.test_shutdown import GRACE_S, sigterm_under_load
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 def two(default_store: Path, token_file: Path,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     store = one_model_store(default_store / "lenet", tmp_path_factory.mktemp("workers-store"))
-    with two_workers(store, token_file, tmp_path_factory.mktemp("workers-logs")) as server:
+    with two_worker_server(store, token_file, tmp_path_factory.mktemp("workers-logs")) as server:
         yield server
 
 

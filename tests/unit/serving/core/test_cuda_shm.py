@@ -96,7 +96,7 @@ def test_without_a_gpu_register_says_why_and_the_rest_works() -> None:
 def test_the_real_opener_without_a_device_gives_the_reason() -> None:
     """Here (no GPU) the real runtime loads, or not, and register names why it cannot work."""
     ipc = CudaIpc()
-    if ipc.available():
+    if not ipc.why_unavailable():
         pytest.skip("a CUDA device is visible")
     reg = SharedMemoryRegistry(cuda=ipc)
     with pytest.raises(InvalidInput, match="CUDA shared memory requires a GPU: .+") as opened:

@@ -9,8 +9,10 @@ from serving.errors import AlreadyExists
 from serving.workers.oplog import ControlLog
 
 
-def _names(log: ControlLog) -> list[tuple[str, str]]:
-    return [(e["op"], e["params"]["name"]) for e in log.entries]
+def _ops(log: ControlLog) -> list[tuple[str, ...]]:
+    """(op, name), and the version of a scale or default version, per entry in order."""
+    return [(e["op"], e["params"]["name"]) + ((e["params"]["version"],)
+            if e["op"] in ("scale", "set_default") else ()) for e in log.entries]
 
 
 def test_unregistering_removes_the_registrations_it_ends() -> None:
@@ -21,13 +23,13 @@ def test_unregistering_removes_the_registrations_it_ends() -> None:
     log.record("cuda_register", {"name": "g", "raw_handle": "AA==", "device_id": 0,
                                  "byte_size": 8})
     log.record("shm_unregister", {"name": "a"})
-    assert _names(log) == [("load", "lenet"), ("shm_register", "b"), ("cuda_register", "g")]
+    assert _ops(log) == [("load", "lenet"), ("shm_register", "b"), ("cuda_register", "g")]
     log.record("cuda_unregister", {"name": "b"})  # "b" is a system region: not this kind's
-    assert ("shm_register", "b") in _names(log)
+    assert ("shm_register", "b") in _ops(log)
     log.record("shm_unregister", {"name": ""})  # every system region; the CUDA one stays
-    assert _names(log) == [("load", "lenet"), ("cuda_register", "g")]
+    assert _ops(log) == [("load", "lenet"), ("cuda_register", "g")]
     log.record("cuda_unregister", {"name": ""})
-    assert _names(log) == [("load", "lenet")]
+    assert _ops(log) == [("load", "lenet")]
 
 
 @pytest.mark.parametrize(("first", "second"), [
@@ -52,11 +54,6 @@ def test_what_a_refused_operation_is_undone_with() -> None:
         ("cuda_unregister", {"name": "g"})
     assert ControlLog.undo("shm_register", {"name": "s"}) == ("shm_unregister", {"name": "s"})
     assert ControlLog.undo("unload", {"name": "m"}) is None  # nothing to take back
-
-
-def _ops(log: ControlLog) -> list[tuple[str, str]]:
-    return [(e["op"], e["params"]["name"]) + ((e["params"]["version"],)
-            if e["op"] in ("scale", "set_default") else ()) for e in log.entries]
 
 
 def _scale(name: str, version: str, instances: int) -> dict[str, object]:
