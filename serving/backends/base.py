@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,12 +29,40 @@ def usable_cores() -> int:
     return max(1, cores or 1)
 
 
+def on_gpu(arr: object) -> bool:
+    """Whether ``arr`` lives in GPU memory (``__cuda_array_interface__``, v3): an input read
+    from a client's CUDA shared-memory region. ``np.asarray(arr)`` copies it to the host."""
+    return hasattr(arr, "__cuda_array_interface__")
+
+
+class DeviceParts:
+    """One input of a batch whose requests brought some of it in GPU memory: the parts, in
+    request order, for a backend that takes device inputs to join on its device (one copy on
+    the GPU instead of device -> host -> device). ``np.asarray`` joins host copies."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+        first = parts[0]
+        self.dtype: np.dtype[Any] = first.dtype
+        self.shape = (sum(int(p.shape[0]) for p in parts), *first.shape[1:])
+        self.ndim = len(self.shape)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        joined = np.concatenate([np.asarray(p) for p in self.parts], axis=0)
+        return joined if dtype is None else joined.astype(dtype, copy=False)
+
+
 class Backend(Protocol):
-    """One model instance. ``run`` is called from one executor thread at a time."""
+    """One model instance. ``run`` is called from one executor thread at a time.
+
+    ``run`` takes numpy arrays, and, when ``takes_device_inputs`` is true, also inputs that
+    live on its GPU (:func:`on_gpu`) or :class:`DeviceParts` of them; the service copies device
+    inputs to the host for every other backend before they are queued."""
 
     device: str  # "cpu" or "cuda:N": where this instance actually runs
     input_names: list[str]  # as the model file declares them
     output_names: list[str]
+    takes_device_inputs: bool
 
     def run(self, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
         """Execute once; returns exactly ``output_names``."""

@@ -15,6 +15,10 @@ logger = logging.getLogger(__name__)
 
 
 class OnnxRuntimeBackend:
+    # The Python binding takes host arrays only (binding device memory needs IOBinding and the
+    # CUDA build); the service copies CUDA shared-memory inputs to the host for it.
+    takes_device_inputs = False
+
     def __init__(self, spec: BackendSpec) -> None:
         import onnxruntime as ort
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.backends.base import BackendSpec
+from serving.backends.base import BackendSpec, DeviceParts, on_gpu
 from serving.backends.devices import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -41,12 +41,20 @@ class TorchScriptBackend:
         self.input_names = list(spec.config.input_names)
         self.output_names = list(spec.config.output_names)
         self._pin = self._device.type == "cuda"
+        # Inputs from a client's CUDA shared-memory region reach run() as device views.
+        self.takes_device_inputs = self._pin
         # One stream per instance, so instances of one model overlap on the GPU instead of
         # queueing behind each other on the default stream.
         self._stream = torch.cuda.Stream(self._device) if self._pin else None
 
     def _to_device(self, arr: np.ndarray) -> Any:
         torch = self._torch
+        if self._pin and on_gpu(arr):
+            # A view of the client's region (no copy on this device, a peer copy on another);
+            # the tensor keeps the view, and with it the region, alive while it is used.
+            return torch.as_tensor(arr, device=self._device)
+        if self._pin and isinstance(arr, DeviceParts):
+            return torch.cat([self._to_device(part) for part in arr.parts])
         if not arr.flags.writeable or not arr.flags.c_contiguous:
             arr = np.array(arr, order="C")  # torch refuses read-only buffers
         tensor = torch.from_numpy(arr)

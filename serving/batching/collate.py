@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
+from serving.backends.base import DeviceParts, on_gpu
 from serving.errors import BackendError
 
 Arrays = dict[str, np.ndarray]
@@ -25,10 +27,22 @@ class Executed:
 
 
 def stack(requests: Sequence[Arrays]) -> Arrays:
-    """Concatenate along dim 0 (a single request is passed through without a copy)."""
+    """Concatenate along dim 0 (a single request is passed through without a copy). An input
+    that some requests brought in GPU memory is left as its parts, for the backend (which takes
+    device inputs, or the service would have copied them to the host) to join on its GPU."""
     if len(requests) == 1:
         return requests[0]
-    return {name: np.concatenate([r[name] for r in requests], axis=0) for name in requests[0]}
+    return {name: _join([r[name] for r in requests]) for name in requests[0]}
+
+
+_HOST = {np.ndarray}
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    # The type set first: it costs a third of asking each part (~1 us for 32 parts).
+    if set(map(type, parts)) != _HOST and any(map(on_gpu, parts)):
+        return cast(np.ndarray, DeviceParts(parts))  # stands for the array it joins to
+    return np.concatenate(parts, axis=0)
 
 
 def split(outputs: Arrays, sizes: Sequence[int], model: str) -> list[Arrays]:

@@ -2,8 +2,9 @@
 
 A client allocates device memory, takes its ``cudaIpcMemHandle_t`` (64 opaque bytes) and
 registers it with a device id and a byte size. The server opens the handle on that device with
-``cudaIpcOpenMemHandle`` and reads inputs from it (device -> host, since the batcher and the
-backends take numpy arrays) and writes outputs into it (host -> device).
+``cudaIpcOpenMemHandle``, hands inputs on as views of it (:class:`CudaArray`: a backend on the
+GPU reads them there; any other gets one device -> host copy) and writes outputs into it (host
+-> device).
 
 The CUDA runtime is reached through ctypes: ``libcudart`` beside torch's bundled NVIDIA
 libraries, else wherever the loader finds it. Nothing is loaded at import time; the first
@@ -22,6 +23,7 @@ import glob
 import importlib.util
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -240,14 +242,29 @@ class CudaIpc:
 
 
 class CudaArray:
-    """A device slice as ``__cuda_array_interface__`` (v3), so ``torch.as_tensor(obj,
-    device=...)`` views it on the GPU without a host copy. Valid while its region is held."""
+    """An input tensor in a client's CUDA region, read where it lies.
 
-    def __init__(self, buffer: DeviceBuffer, offset: int, shape: tuple[int, ...],
-                 dtype: np.dtype[Any]) -> None:
-        self._buffer = buffer
+    It exposes ``__cuda_array_interface__`` (v3), so ``torch.as_tensor(obj, device=...)`` views
+    it on the GPU without a host copy, and ``shape``/``dtype`` for the checks a request passes;
+    ``np.asarray(obj)`` copies it to the host (``copy_out``) for a consumer that needs one.
+    Valid while its region is held: the registry holds the region for as long as this object
+    lives (a torch tensor made from it keeps it alive), so a client unregistering the region
+    mid-request never closes the mapping under a read."""
+
+    def __init__(self, pointer: int, shape: tuple[int, ...], dtype: np.dtype[Any],
+                 copy_out: Callable[[np.ndarray], None]) -> None:
+        self.shape = tuple(shape)
+        self.dtype: np.dtype[Any] = np.dtype(dtype).newbyteorder("<")
+        self.ndim = len(self.shape)
+        self.nbytes = self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64))
+        self._copy_out = copy_out
         self.__cuda_array_interface__ = {
-            "shape": tuple(shape), "typestr": np.dtype(dtype).newbyteorder("<").str,
-            "data": (buffer.pointer + offset, False), "version": 3, "strides": None,
+            "shape": self.shape, "typestr": self.dtype.str,
+            "data": (pointer, False), "version": 3, "strides": None,
             "stream": None,  # the client finished writing before it sent the request
         }
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.empty(self.shape, self.dtype)
+        self._copy_out(out)
+        return out if dtype is None else out.astype(dtype, copy=False)

@@ -48,6 +48,11 @@ class LoadedVersion:
     def device(self) -> str:
         return self.backends[0].device if self.backends else "cpu"
 
+    @property
+    def takes_device_inputs(self) -> bool:
+        """Whether every instance reads GPU-resident inputs where they lie."""
+        return bool(self.backends) and all(b.takes_device_inputs for b in self.backends)
+
     async def close(self, timeout_s: float | None = None) -> None:
         """Stop the batcher (running work gets at most ``timeout_s``), then the backends.
 

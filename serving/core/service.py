@@ -12,6 +12,7 @@ from contextvars import ContextVar
 import numpy as np
 
 from serving import tracing
+from serving.backends.base import on_gpu
 from serving.batching import BatchObserver
 from serving.core.classification import classify
 from serving.core.describe import (
@@ -24,7 +25,7 @@ from serving.core.limits import ServiceLimits
 from serving.core.loaded import LoadedVersion
 from serving.core.metrics import Metrics
 from serving.core.repository import ModelRepository
-from serving.core.shm import RegionStatus, SharedMemoryRegistry
+from serving.core.shm import RegionStatus, SharedMemoryRegistry, host_copies
 from serving.core.spec import ModelSpec
 from serving.core.stats import ModelStats, StatsRecorder
 from serving.core.types import (
@@ -463,8 +464,11 @@ class InferenceService:
         name, version = loaded.name, loaded.version
         try:
             checked = check_request(loaded.spec.rules, request)
+            inputs = checked.inputs
+            if any(on_gpu(a) for a in inputs.values()) and not loaded.takes_device_inputs:
+                inputs = await host_copies(inputs)
             result = await loaded.batcher.submit(
-                checked.inputs, checked.batch_size, priority=checked.priority,
+                inputs, checked.batch_size, priority=checked.priority,
                 timeout_us=checked.timeout_us,
             )
             response = self._response(request, loaded, checked.outputs, result.outputs)

@@ -24,6 +24,7 @@ Pure core: no wire imports; the transports parse parameters and call :class:`Shm
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import mmap
@@ -31,11 +32,13 @@ import os
 import re
 import stat
 import threading
+import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from serving.backends.base import on_gpu
 from serving.core import datatypes
 from serving.core.cuda_shm import (
     IPC_HANDLE_BYTES,
@@ -56,6 +59,8 @@ OFFSET = "shared_memory_offset"
 BYTE_SIZE = "shared_memory_byte_size"
 SHM_PARAMETERS = (REGION, OFFSET, BYTE_SIZE)
 
+# Copies between a region and the host up to this many bytes run on the event loop.
+INLINE_COPY_BYTES = 1024 * 1024
 DEFAULT_MAX_REGIONS = 256  # each region holds a file descriptor and a mapping
 MAX_NAME_CHARS = 256
 # POSIX shm keys: one path component under /dev/shm, optionally written with a leading "/".
@@ -95,6 +100,7 @@ class _Region:
         self._map = mapping
         self.users = 0  # requests holding it (guarded by the registry's lock)
         self.retired = False  # unregistered; closes when the last user lets go
+        self.closing = False  # its close is decided (once, see _closable)
 
     def check_object(self) -> None:
         """The object still covers the registered slice (a client may have shrunk it)."""
@@ -139,8 +145,9 @@ class _CudaRegion:
         self.status = status
         self.name = status.name
         self.buffer = buffer
-        self.users = 0
+        self.users = 0  # requests and device views holding it
         self.retired = False
+        self.closing = False
 
     def check_object(self) -> None:
         """Nothing to re-check: device memory cannot shrink under an open IPC mapping."""
@@ -149,17 +156,21 @@ class _CudaRegion:
         _check_bounds(self.status.name, self.status.byte_size, offset, byte_size, what)
 
     def input_bytes(self, offset: int, byte_size: int, what: str) -> memoryview:
-        """A host copy: the batcher and the backends take numpy arrays."""
+        """A host copy (BYTES tensors, whose elements are parsed on the host)."""
         self.check_bounds(offset, byte_size, what)
         out = np.empty(byte_size, np.uint8)
-        self._cuda(lambda: self.buffer.to_host(offset, out), what)
+        self._copy_out(offset, out, what)
         return out.data
 
     def device_array(self, offset: int, byte_size: int, shape: tuple[int, ...],
                      dtype: np.dtype[Any], what: str) -> CudaArray:
-        """The slice on the device, for a consumer on the same GPU (no host copy)."""
+        """The slice as a device view: nothing is copied until a host consumer asks."""
         self.check_bounds(offset, byte_size, what)
-        return CudaArray(self.buffer, offset, shape, dtype)
+        return CudaArray(self.buffer.pointer + offset, shape, dtype,
+                         lambda out: self._copy_out(offset, out, what))
+
+    def _copy_out(self, offset: int, out: np.ndarray, what: str) -> None:
+        self._cuda(lambda: self.buffer.to_host(offset, out), what)
 
     def write(self, offset: int, src: np.ndarray, what: str) -> None:
         self.check_bounds(offset, src.size, what)
@@ -178,6 +189,15 @@ class _CudaRegion:
 
 
 AnyRegion = _Region | _CudaRegion
+
+
+def _closable(region: AnyRegion) -> bool:
+    """Whether the caller (holding the registry's lock) is the one to close ``region`` now:
+    retired, unused, and not taken by another caller already."""
+    if region.closing or not region.retired or region.users:
+        return False
+    region.closing = True
+    return True
 
 
 def _open_object(key: str) -> int:
@@ -219,7 +239,9 @@ class SharedMemoryRegistry:
                  cuda: CudaOpener | None = None) -> None:
         self._max = max_regions
         self._regions: dict[str, AnyRegion] = {}
-        self._lock = threading.Lock()
+        # Re-entrant: the last view of a CUDA input lets its region go from a finalizer, which
+        # the garbage collector may run while this thread holds the lock.
+        self._lock = threading.RLock()
         self._cuda: CudaOpener = cuda if cuda is not None else CudaIpc()
 
     def check_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
@@ -314,7 +336,7 @@ class SharedMemoryRegistry:
             for n in names:
                 region = self._regions.pop(n)
                 region.retired = True
-                if region.users == 0:
+                if _closable(region):
                     closing.append(region)
         for region in closing:
             region.close()
@@ -362,10 +384,15 @@ class SharedMemoryRegistry:
             raise
         return region
 
+    def hold(self, region: AnyRegion) -> None:
+        """One more user of a region already held (see :meth:`release`)."""
+        with self._lock:
+            region.users += 1
+
     def release(self, region: AnyRegion) -> None:
         with self._lock:
             region.users -= 1
-            close = region.retired and region.users == 0
+            close = _closable(region)
         if close:
             region.close()
 
@@ -438,8 +465,9 @@ class ShmScope:
 
     def input_array(self, name: str, datatype: str, shape: tuple[int, ...],
                     params: dict[str, ParamValue]) -> np.ndarray | None:
-        """The input's array read from its region (a view, no copy, for fixed-size types),
-        or None when the input names no region. Removes the parameters from ``params``."""
+        """The input's array read from its region (a view, no copy, for fixed-size types: of
+        the mapping for a system region, of device memory for a CUDA one), or None when the
+        input names no region. Removes the parameters from ``params``."""
         ref = take_ref(params, f"input '{shown(name)}'")
         if ref is None:
             return None
@@ -451,8 +479,24 @@ class ShmScope:
                 raise InvalidInput(
                     f"input '{shown(name)}': shared_memory_byte_size {ref.byte_size} does not "
                     f"match the tensor: shape {list(shape)} {datatype} is {expected} bytes")
+        if isinstance(region, _CudaRegion) and datatype != "BYTES":
+            return self._device_input(region, ref, shape, datatype, f"input '{shown(name)}'")
         view = region.input_bytes(ref.offset, ref.byte_size, f"input '{shown(name)}'")
         return datatypes.array_from_raw(view, datatype, shape, name)
+
+    def _device_input(self, region: _CudaRegion, ref: ShmRef, shape: tuple[int, ...],
+                      datatype: str, what: str) -> np.ndarray:
+        """A CUDA input as a view of the region (a backend on the GPU reads it in place; the
+        service copies it to the host, off the event loop, for any other). The view holds the
+        region itself, since a cancelled request can leave it with a running batch after
+        this scope has let go."""
+        array = region.device_array(ref.offset, ref.byte_size, shape,
+                                    datatypes.triton_to_numpy(datatype), what)
+        self._registry.hold(region)
+        weakref.finalize(array, self._registry.release, region)
+        # Typed as the ndarray it stands for: it has shape and dtype, np.asarray() gives the
+        # host array, and only a backend that declares takes_device_inputs sees it as it is.
+        return cast(np.ndarray, array)
 
     def take_output(self, name: str, params: dict[str, ParamValue]) -> bool:
         """Note a requested output that goes into a region (checked and held now, before the
@@ -501,6 +545,18 @@ class ShmScope:
         held, self._held, self._outputs = self._held, {}, {}
         for region in held.values():
             self._registry.release(region)
+
+
+async def host_copies(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``inputs`` with every device view (a CUDA region's input) copied to the host, for a
+    backend that takes host arrays; on a thread past :data:`INLINE_COPY_BYTES` (the size is the
+    client's)."""
+    def copy() -> dict[str, np.ndarray]:
+        return {n: np.asarray(a) if on_gpu(a) else a for n, a in inputs.items()}
+
+    if sum(a.nbytes for a in inputs.values() if on_gpu(a)) <= INLINE_COPY_BYTES:
+        return copy()
+    return await asyncio.to_thread(copy)
 
 
 def in_region(parameters: dict[str, ParamValue]) -> bool:

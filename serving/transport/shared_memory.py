@@ -13,13 +13,10 @@ import asyncio
 
 from serving.core.cuda_shm import CudaRegionStatus
 from serving.core.service import InferenceService
-from serving.core.shm import ShmScope
+from serving.core.shm import INLINE_COPY_BYTES, ShmScope
 from serving.core.types import InferResponse
 from serving.errors import PermissionDenied
 from serving.transport.auth import ModelControlGate
-
-# Outputs up to this many bytes are copied into their regions on the event loop.
-INLINE_WRITE_BYTES = 1024 * 1024
 
 
 def shm_gate(gate: ModelControlGate, authorization: str | None, *, host: str | None = None,
@@ -37,7 +34,7 @@ def shm_gate(gate: ModelControlGate, authorization: str | None, *, host: str | N
 
 async def write_outputs_off_loop(shm: ShmScope, response: InferResponse) -> None:
     """Copy the outputs bound for regions into them, on a thread when they are large."""
-    if shm.output_bytes() <= INLINE_WRITE_BYTES:
+    if shm.output_bytes() <= INLINE_COPY_BYTES:
         shm.write_outputs(response)
     else:
         await asyncio.to_thread(shm.write_outputs, response)

@@ -4,6 +4,8 @@ CUDA calls themselves run only on a GPU (tests/integration/test_cuda_shared_memo
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from serving.core.cuda_shm import CudaError, CudaUnavailable
@@ -18,9 +20,12 @@ class FakeBuffer:
         self.mem = np.zeros(extent, np.uint8)
         self.device_id, self.pointer, self.extent = device_id, 0x7F0000000000, extent
         self.closed = 0
+        self.read_threads: list[int] = []  # the thread of every device -> host copy, in order
 
     def to_host(self, offset: int, out: np.ndarray) -> None:
         assert offset >= 0 and offset + out.nbytes <= self.extent  # the registry's promise
+        assert self.closed == 0, "read after close"
+        self.read_threads.append(threading.get_ident())
         out.view(np.uint8).reshape(-1)[:] = self.mem[offset:offset + out.nbytes]
 
     def from_host(self, offset: int, src: np.ndarray) -> None:

@@ -24,8 +24,14 @@ import pytest
 import torch
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers.server import ServerProcess
-from tests.integration.conftest import API_TOKEN, assert_error, module
+from tests.helpers.server import ServerProcess, start_server
+from tests.integration.conftest import (
+    API_TOKEN,
+    assert_error,
+    make_client,
+    module,
+    one_model_store,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -164,3 +170,58 @@ def test_simple_through_cuda_regions_matches_onnx_runtime(
         assert _status(flavour, client) == {}
         cudashm.destroy_shared_memory_region(in_handle)
         cudashm.destroy_shared_memory_region(out_handle)
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device (runs on a lent GPU machine)")
+def test_torchscript_on_the_gpu_reads_cuda_inputs_in_place(
+        flavour: str, token_file: Path, tmp_path_factory: pytest.TempPathFactory,
+        request: pytest.FixtureRequest) -> None:
+    """lenet_torchscript on ``--device cuda`` takes its inputs as views of the client's region
+    (single requests and batches of them, joined on the GPU), answers equal to ONNX Runtime's
+    lenet on the same images."""
+    import concurrent.futures
+
+    import tritonclient.utils.cuda_shared_memory as cudashm
+
+    built = Path(__file__).resolve().parents[2] / "model_store"
+    source = built if (built / "lenet_torchscript" / "1" / "model.pt").exists() else \
+        request.getfixturevalue("default_store")
+    store = one_model_store(source / "lenet_torchscript", tmp_path_factory.mktemp("ts-gpu"))
+    server = start_server(store, tmp_path_factory.mktemp("ts-gpu-logs"), extra_args=[
+        "--device", "cuda", "--enable-model-control", "--api-token-file", str(token_file)])
+    clients = 8
+    x = np.random.default_rng(3).random((clients, 1, 28, 28), dtype=np.float32)
+    (want,) = ort.InferenceSession(str(source / "lenet" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    tag = uuid.uuid4().hex[:10]
+    in_handle = cudashm.create_shared_memory_region(f"tin_{tag}", x.nbytes, 0)
+    out_handle = cudashm.create_shared_memory_region(f"tout_{tag}", want.nbytes, 0)
+    client = make_client(flavour, server, concurrency=clients) if flavour == "http" \
+        else make_client(flavour, server)
+    mod = module(flavour)
+    item_in, item_out = x[0].nbytes, want[0].nbytes
+    try:
+        cudashm.set_shared_memory_region(in_handle, [x])
+        client.register_cuda_shared_memory(f"tin_{tag}", cudashm.get_raw_handle(in_handle), 0,
+                                           x.nbytes, headers=AUTH)
+        client.register_cuda_shared_memory(f"tout_{tag}", cudashm.get_raw_handle(out_handle),
+                                           0, want.nbytes, headers=AUTH)
+
+        def one(i: int) -> None:
+            inp = mod.InferInput("input", [1, 1, 28, 28], "FP32")
+            inp.set_shared_memory(f"tin_{tag}", item_in, i * item_in)
+            out = mod.InferRequestedOutput("logits")
+            out.set_shared_memory(f"tout_{tag}", item_out, i * item_out)
+            client.infer("lenet_torchscript", [inp], outputs=[out])
+
+        for _ in range(3):  # concurrent single images: the batcher joins some of them
+            cudashm.set_shared_memory_region(out_handle, [np.zeros_like(want)])
+            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                list(pool.map(one, range(clients)))
+            got = cudashm.get_contents_as_numpy(out_handle, np.float32, list(want.shape))
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    finally:
+        client.unregister_cuda_shared_memory(headers=AUTH)
+        cudashm.destroy_shared_memory_region(in_handle)
+        cudashm.destroy_shared_memory_region(out_handle)
+        server.stop()

@@ -9,15 +9,20 @@ tests/integration/test_cuda_shared_memory.py::test_simple_through_cuda_regions_m
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import threading
 import uuid
 from multiprocessing import shared_memory
+from typing import Any
 
 import numpy as np
 import pytest
 
+from serving.backends.base import on_gpu
 from serving.core.cuda_shm import CudaIpc
-from serving.core.shm import RegionNotFound, SharedMemoryRegistry
-from serving.core.types import InferResponse, Tensor
+from serving.core.shm import RegionNotFound, SharedMemoryRegistry, host_copies
+from serving.core.types import InferResponse, ParamValue, Tensor
 from serving.errors import AlreadyExists, InvalidInput
 from tests.helpers.fake_cuda import HANDLE, FakeOpener
 
@@ -180,3 +185,74 @@ def test_region_count_limit_counts_both_kinds() -> None:
     reg.register_cuda("b", HANDLE, 0, 64)
     with pytest.raises(InvalidInput, match="the most this server keeps"):
         reg.register_cuda("c", HANDLE, 0, 64)
+
+
+CUDA_X: dict[str, ParamValue] = {"shared_memory_region": "g", "shared_memory_byte_size": 32}
+
+
+def test_an_input_is_a_device_view_copied_only_when_a_host_array_is_asked_for(
+        reg: SharedMemoryRegistry, opener: FakeOpener) -> None:
+    reg.register_cuda("g", HANDLE, 0, 1024)
+    buf = opener.opened[0]
+    x = np.arange(8, dtype=np.float32)
+    buf.mem[:32] = x.view(np.uint8)
+    with reg.scope() as scope:
+        view: Any = scope.input_array("x", "FP32", (2, 4), dict(CUDA_X))
+        assert on_gpu(view) and buf.read_threads == []  # nothing crossed to the host
+        assert view.shape == (2, 4) and view.dtype == np.float32
+        cai = view.__cuda_array_interface__
+        assert cai["data"] == (buf.pointer, False) and cai["typestr"] == "<f4"
+        np.testing.assert_array_equal(np.asarray(view), x.reshape(2, 4))
+        assert len(buf.read_threads) == 1
+
+
+def test_a_view_keeps_its_region_open_after_its_request_and_an_unregister(
+        reg: SharedMemoryRegistry, opener: FakeOpener) -> None:
+    """A cancelled request can leave its inputs with a batch still running: the region must
+    outlive the request's scope for as long as the view does."""
+    reg.register_cuda("g", HANDLE, 0, 1024)
+    buf = opener.opened[0]
+    with reg.scope() as scope:
+        view = scope.input_array("x", "FP32", (8,), dict(CUDA_X))
+    reg.unregister_cuda("g")
+    reg.unregister_cuda("g")
+    assert buf.closed == 0
+    np.asarray(view)  # still readable (the fake asserts it is not closed)
+    reg.register_cuda("g", HANDLE, 0, 64)  # the name is free at once
+    del view
+    gc.collect()
+    assert buf.closed == 1 and opener.opened[1].closed == 0
+
+
+def test_bytes_inputs_are_copied_to_the_host_at_decode(reg: SharedMemoryRegistry,
+                                                      opener: FakeOpener) -> None:
+    reg.register_cuda("g", HANDLE, 0, 1024)
+    buf = opener.opened[0]
+    buf.mem[:7] = np.frombuffer(b"\x03\0\0\0abc", np.uint8)
+    with reg.scope() as scope:
+        got = scope.input_array("s", "BYTES", (1,), {"shared_memory_region": "g",
+                                                      "shared_memory_byte_size": 7})
+    assert isinstance(got, np.ndarray) and got.tolist() == [b"abc"]
+
+
+@pytest.mark.parametrize(("elements", "on_loop"), [(16, True), (1 << 19, False)])
+def test_host_copies_of_large_inputs_run_off_the_event_loop(elements: int,
+                                                            on_loop: bool) -> None:
+    opener = FakeOpener(extent=4 * elements)
+    reg = SharedMemoryRegistry(cuda=opener)
+    reg.register_cuda("g", HANDLE, 0, 4 * elements)
+    buf = opener.opened[0]
+    buf.mem[:] = np.arange(elements, dtype=np.float32).view(np.uint8)
+    host = np.full(3, 7, np.float32)
+
+    async def main() -> tuple[int, dict[str, np.ndarray]]:
+        with reg.scope() as scope:
+            view = scope.input_array("x", "FP32", (elements,), {
+                "shared_memory_region": "g", "shared_memory_byte_size": 4 * elements})
+            assert view is not None
+            return threading.get_ident(), await host_copies({"x": view, "y": host})
+
+    loop_thread, copied = asyncio.run(main())
+    assert isinstance(copied["x"], np.ndarray) and copied["y"] is host
+    np.testing.assert_array_equal(copied["x"], np.arange(elements, dtype=np.float32))
+    assert (buf.read_threads == [loop_thread]) is on_loop
