@@ -32,6 +32,7 @@ def render_section(result: dict[str, Any], json_path: Path, doc_dir: Path,
     runs = result["runs"]
     m = result["machine"]
     cols = _columns(runs)
+    wire = _wire_clients(runs)
     lines = [
         f"Sitting {result['started']} ({result.get('elapsed_s', '?')} s): {m.get('gpu')} "
         f"({m.get('gpu_memory_gib')} GiB), torch {m.get('torch')} CUDA {m.get('cuda')} cuDNN "
@@ -42,9 +43,10 @@ def render_section(result: dict[str, Any], json_path: Path, doc_dir: Path,
         "`in-process, input on GPU` is the model alone; `in-process, numpy in/out` adds the "
         "host-device copies every server pays; `capserve core` is `InferenceService.infer` "
         "through the dynamic batcher and the TorchScript CUDA backend (no transport); "
-        "`capserve gRPC` adds the v2 gRPC transport with raw tensors on loopback (client in "
-        "the same process). The ratio compares the best capserve cell with in-process numpy "
-        "in/out at the same request batch.",
+        f"`capserve gRPC` adds the v2 gRPC transport with raw tensors on loopback ({wire}); "
+        "`system shm` / `CUDA shm` pass the tensors through shared-memory regions instead. "
+        "The ratio compares the best capserve cell with in-process numpy in/out at the same "
+        "request batch.",
         "",
     ]
     if result.get("warmup_batches"):
@@ -107,10 +109,18 @@ def _reading(runs: list[dict[str, Any]]) -> list[str]:
                "through pinned host buffers without blocking, on its own CUDA stream, where "
                "the in-process loop copies pageable memory.",
                "- The gap between the core and gRPC columns is the transport moving raw "
-               "tensors through Python gRPC, with the client in the same process; clients "
-               "sending large batches gain from several connections or from sending smaller "
-               "requests that the dynamic batcher joins.", ""]
+               f"tensors through Python gRPC ({_wire_clients(runs)}); the shared-memory "
+               "columns show what is left without the bytes on the wire.", ""]
     return out
+
+
+def _wire_clients(runs: list[dict[str, Any]]) -> str:
+    """Who drove the wire columns: results before the out-of-process clients had none."""
+    clients = sorted({r.get("client", "") for r in runs if "gRPC" in r["path"]
+                      or "shm" in r["path"]} - {""})
+    if not clients or clients == ["in-process"]:
+        return "client in the same process"
+    return "client in another process: " + ", ".join(clients)
 
 
 def write_plot(result: dict[str, Any], img_dir: Path) -> list[Path]:

@@ -2,7 +2,8 @@
 
 The test fetches what it needs with pip into ``.venv/cache/`` (the wheel, and libcudart.so.12
 from nvidia-cuda-runtime-cu12, which the binary links even on CPU) and skips, saying why, when
-that is impossible or Debian's libb64-0d is missing.
+that is impossible or Debian's libb64-0d is missing. ``CAPSERVE_PERF_ANALYZER`` names a binary
+to use instead, with the libraries it links in its folder (bench/device/check.sh, offline).
 """
 
 from __future__ import annotations
@@ -52,10 +53,15 @@ def _extract(wheel: Path, member_suffix: str, dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def perf_analyzer() -> tuple[Path, dict[str, str]]:
-    binary = _extract(_pip_download("tritonclient==2.41.0"), PA_MEMBER, CACHE / "perf_analyzer")
-    binary.chmod(0o755)
-    cudart = _extract(_pip_download("nvidia-cuda-runtime-cu12"), "/libcudart.so.12", CACHE / "perf_analyzer_libs")
-    env = {**os.environ, "LD_LIBRARY_PATH": f"{cudart.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    given = os.environ.get("CAPSERVE_PERF_ANALYZER")  # a binary with its libraries beside it
+    if given:
+        binary, libs = Path(given), Path(given).parent
+    else:
+        binary = _extract(_pip_download("tritonclient==2.41.0"), PA_MEMBER, CACHE / "perf_analyzer")
+        binary.chmod(0o755)
+        libs = _extract(_pip_download("nvidia-cuda-runtime-cu12"), "/libcudart.so.12",
+                        CACHE / "perf_analyzer_libs").parent
+    env = {**os.environ, "LD_LIBRARY_PATH": f"{libs}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
     ldd = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, env=env)
     missing = [line.split()[0] for line in ldd.stdout.splitlines() if "not found" in line]
     if missing:
