@@ -27,6 +27,7 @@ import zipfile
 from pathlib import Path
 
 from export.errors import ExportFailed
+from export.model_config import batch_elements
 from export.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ def task_document(spec: ModelSpec, max_batch_size: int) -> dict[str, object]:
     doc["inputs"] = [t.as_json() for t in spec.inputs]
     doc["outputs"] = [t.as_json() for t in spec.outputs]
     doc["max_batch_size"] = max_batch_size
+    elements = batch_elements(spec, max_batch_size)
+    if elements:  # a scalar of the task document becomes a config parameter when served
+        doc["max_batch_elements"] = str(elements)
     return doc
 
 

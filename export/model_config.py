@@ -15,6 +15,7 @@ DEFAULT_MAX_BATCH = 32
 LARGE_MODEL_MAX_BATCH = 16
 LARGE_MODEL_BYTES = 10 * 1024 * 1024
 DEFAULT_QUEUE_DELAY_US = 2000
+BATCH_ELEMENTS_FRACTION = 4  # of a full batch at max_side (see batch_elements)
 # Requests that waited 30 s in the queue are answered with a timeout. The queue bound is left
 # to the server's automatic one, which counts batch items (a few full batches per instance); a
 # max_queue_size written here would count requests, as Triton does, and let a stream of
@@ -59,7 +60,23 @@ def build_config(name: str, fmt: str, spec: ModelSpec, sched: Scheduling) -> mc.
     cfg.instance_group.add(count=sched.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
     for key, value in spec.parameters.items():
         cfg.parameters[key].string_value = value
+    elements = batch_elements(spec, sched.max_batch_size)
+    if elements:
+        cfg.parameters["max_batch_elements"].string_value = str(elements)
     return cfg
+
+
+def batch_elements(spec: ModelSpec, max_batch_size: int) -> int:
+    """The execution bound written for a model whose image sides the client picks (0 for any
+    other): a quarter of a full batch at ``max_side``. Measured with ONNX Runtime on CPU, the
+    lecture U-Net needs ~530 MiB and the style network ~190 MiB per million input elements,
+    so one execution peaks near 1.1 and 1.2 GiB, where a full batch of 512x512 images would
+    take 4.4 and 4.7 GiB (docs/batching.md, "Memory bound per execution")."""
+    side = int(spec.parameters.get("max_side", "0") or 0)
+    image = next((t for t in spec.inputs if t.image and -1 in t.dims), None)
+    if image is None or side <= 0 or max_batch_size <= 0:
+        return 0
+    return max_batch_size * image.dims[0] * side * side // BATCH_ELEMENTS_FRACTION
 
 
 def config_text(cfg: mc.ModelConfig) -> str:

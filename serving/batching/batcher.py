@@ -3,7 +3,8 @@
 Requests wait in one FIFO queue per priority level (level 1 first). A batch starts at the oldest
 request of the highest non-empty level and takes every later request with the same non-batch
 input shapes and dtypes (other shapes never share a batch and keep their place), up to
-``max_batch_size``.
+``max_batch_size`` (and, when the config sets ``max_batch_elements``, up to that many input
+elements: a request over it alone is refused with 400).
 
 When to run (policy; see ``docs/batching.md``). Nothing runs unless an executor (model instance)
 is free; while all are busy, arrivals accumulate, so batches fill under load. With a free
@@ -43,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,6 +98,7 @@ class _State(enum.Enum):
 class _Pending:
     inputs: Arrays
     batch_size: int
+    elements: int  # of every input together
     shape_key: tuple[object, ...]
     level: int
     enqueued: float
@@ -225,6 +228,13 @@ class DynamicBatcher:
                 f"inference request batch-size must be <= {policy.max_batch_size} for "
                 f"'{self._name}', got {batch_size}"
             )
+        elements = sum(math.prod(a.shape) for a in inputs.values())
+        if policy.max_batch_elements and elements > policy.max_batch_elements:
+            raise InvalidInput(
+                f"the inputs of this request have {elements} elements, more than one execution "
+                f"of '{self._name}' may hold ({policy.max_batch_elements}, its config parameter "
+                "max_batch_elements): send fewer or smaller images per request"
+            )
         level = policy.level_for(priority)
         qpolicy = policy.queue_policy(level)
         timeout = qpolicy.timeout_us(timeout_us)
@@ -237,6 +247,7 @@ class DynamicBatcher:
         pending = _Pending(
             inputs=inputs,
             batch_size=batch_size,
+            elements=elements,
             shape_key=_shape_key(inputs, policy.max_batch_size > 0),
             level=level,
             enqueued=now,
@@ -326,15 +337,18 @@ class DynamicBatcher:
         head = queued[0]
         if not policy.dynamic:
             return [head]
-        limit = policy.max_batch_size
+        limit, element_limit = policy.max_batch_size, policy.max_batch_elements
         chosen: list[_Pending] = []
-        total = 0
+        total = elements = 0
         preferred_cut = 0
         for p in queued:
             if p.shape_key != head.shape_key:
                 continue  # other shapes keep their place for a later batch
             if total + p.batch_size > limit:
                 break  # as Triton: never let a later, smaller request jump ahead of this one
+            if element_limit and chosen and elements + p.elements > element_limit:
+                return chosen  # as full as its memory bound allows: no reason to wait
+            elements += p.elements
 
             chosen.append(p)
             total += p.batch_size

@@ -42,6 +42,12 @@ class BatchPolicy:
     default_priority_level: int = 0
     default_queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
     level_policies: dict[int, QueuePolicy] = field(default_factory=dict)
+    # Most input elements (all inputs together) one execution holds; 0 = no bound but
+    # max_batch_size. A model whose input sizes the client picks (fully convolutional) has a
+    # working memory that grows with them: the bound keeps one execution's memory to the
+    # operator's choice, where max_batch_size alone would allow full batches of the largest
+    # images (config parameter max_batch_elements; docs/batching.md).
+    max_batch_elements: int = 0
 
     @property
     def levels(self) -> int:
@@ -118,6 +124,7 @@ class BatchConfig:
     default_priority_level: int = 0
     default_queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
     level_policies: tuple[tuple[int, QueuePolicy], ...] = ()
+    max_batch_elements: int = 0  # parameter max_batch_elements (see BatchPolicy)
 
 
 def policy_from_config(
@@ -132,8 +139,11 @@ def policy_from_config(
     mbs = config.max_batch_size
     if mbs < 0:
         raise ValueError(f"max_batch_size must be >= 0, got {mbs}")
+    elements = config.max_batch_elements
+    if elements < 0:
+        raise ValueError(f"parameter max_batch_elements must be >= 0, got {elements}")
     if not config.dynamic:
-        return BatchPolicy(max_batch_size=mbs,
+        return BatchPolicy(max_batch_size=mbs, max_batch_elements=elements,
                            default_queue_policy=defaults.fill(QueuePolicy(), mbs, instances))
     preferred = tuple(sorted(set(config.preferred_batch_sizes)))
     for p in preferred:
@@ -156,4 +166,5 @@ def policy_from_config(
         default_priority_level=default_level,
         default_queue_policy=defaults.fill(config.default_queue_policy, mbs, instances),
         level_policies=level_policies,
+        max_batch_elements=elements,
     )

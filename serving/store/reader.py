@@ -156,12 +156,26 @@ def _queue_policy(msg: pb.ModelQueuePolicy) -> QueuePolicy:
     )
 
 
+def _max_batch_elements(config: pb.ModelConfig) -> int:
+    """Parameter ``max_batch_elements`` (0 when absent); ``ValueError`` names a malformed one."""
+    param = config.parameters.get("max_batch_elements")
+    text = param.string_value.strip() if param is not None else ""
+    if not text:
+        return 0
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise ValueError(f"parameter max_batch_elements must be a non-negative integer, "
+                         f"got {text[:40]!r}")
+    return int(text)
+
+
 def batch_config(config: pb.ModelConfig) -> BatchConfig:
+    elements = _max_batch_elements(config)
     if not config.HasField("dynamic_batching"):
-        return BatchConfig(max_batch_size=int(config.max_batch_size))
+        return BatchConfig(max_batch_size=int(config.max_batch_size),
+                           max_batch_elements=elements)
     db = config.dynamic_batching
     return BatchConfig(
-        max_batch_size=int(config.max_batch_size), dynamic=True,
+        max_batch_size=int(config.max_batch_size), dynamic=True, max_batch_elements=elements,
         preferred_batch_sizes=tuple(int(p) for p in db.preferred_batch_size),
         max_queue_delay_us=int(db.max_queue_delay_microseconds),
         priority_levels=int(db.priority_levels),

@@ -117,6 +117,36 @@ def test_curl_upload_and_several_images(server: ServerProcess) -> None:
     assert [next(iter(a)) for a in answers] == ["7", "0"] and len(answers[0]) == 2
 
 
+def test_unet_executions_hold_at_most_max_batch_elements(server: ServerProcess,
+                                                        store: Path) -> None:
+    """The exporter bounds what one execution of a fully convolutional model holds
+    (max_batch_elements: a quarter of a full batch at max_side). A v2 request over it is a 400
+    naming it, refused before anything runs; TorchServe uploads of as many images are served
+    (each image is its own request)."""
+    config = (store / "unet" / "config.pbtxt").read_text()
+    bound = int(config.split('key: "max_batch_elements"')[1].split('"')[1])
+    side = 512
+    count = bound // (side * side) + 1  # one image more than one execution holds
+    header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32",
+                                     "shape": [count, 1, side, side],
+                                     "parameters": {"binary_data_size": count * side * side * 4}}]
+                         }).encode()
+    body = header + np.zeros(count * side * side, np.float32).tobytes()
+    with httpx.Client(timeout=120) as client:
+        refused = client.post(f"{server.base}/v2/models/unet/infer", content=body, headers={
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream"})
+        assert refused.status_code == 400, refused.text
+        assert "max_batch_elements" in refused.text and str(bound) in refused.text
+        # Uploads: each image is its own request, joined up to the bound (small ones here:
+        # an execution at the bound peaks near 1.1 GiB).
+        png = io.BytesIO()
+        Image.fromarray(np.full((64, 64), 128, np.uint8)).save(png, format="PNG")
+        files = [("data", (f"{i}.png", png.getvalue(), "image/png")) for i in range(count)]
+        served = client.post(f"{server.base}/predictions/unet", files=files)
+        assert served.status_code == 200 and len(served.json()) == count
+
+
 @pytest.mark.parametrize(("name", "status"), [
     ("truncated.png", 400), ("truncated.jpg", 400), ("empty.bin", 400), ("text.txt", 400),
     ("huge_header.png", 413), ("one_pixel.png", 200), ("cmyk.jpg", 200), ("gray16.png", 200),

@@ -60,3 +60,19 @@ def test_invalid_settings_are_refused(text: str, message: str) -> None:
 def test_negative_timeout_is_invalid() -> None:
     with pytest.raises(InvalidInput):
         QueuePolicy(allow_timeout_override=True).timeout_us(-1)
+
+
+def test_max_batch_elements_is_read_from_the_parameters() -> None:
+    text = 'max_batch_size: 8 dynamic_batching {} parameters { key: "max_batch_elements" ' \
+           'value { string_value: " 4096 " } }'
+    assert policy_from_config(parse(text)).max_batch_elements == 4096
+    assert policy_from_config(parse("max_batch_size: 8 dynamic_batching {}")) \
+        .max_batch_elements == 0
+
+
+@pytest.mark.parametrize("value", ["-5", "1e6", "lots", "9" * 19])
+def test_a_malformed_max_batch_elements_is_refused_naming_it(value: str) -> None:
+    text = f'max_batch_size: 8 parameters {{ key: "max_batch_elements" ' \
+           f'value {{ string_value: "{value}" }} }}'
+    with pytest.raises(ValueError, match="max_batch_elements must be a non-negative integer"):
+        parse(text)

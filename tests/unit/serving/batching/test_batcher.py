@@ -215,6 +215,40 @@ def test_request_larger_than_max_batch_size_is_invalid() -> None:
     run(body)
 
 
+def test_element_bound_caps_a_batch_and_sends_it_without_waiting() -> None:
+    """max_batch_elements 12 with rows of 3: at most 4 rows per execution, whatever
+    max_batch_size allows, and a batch at its bound goes without waiting out the delay."""
+    async def body() -> None:
+        b, model, clock = make(dyn(max_batch_size=32, max_batch_elements=12,
+                                   max_queue_delay_us=10**9))
+        first, gate = await busy(b, model)
+        tasks = [req(b, float(i), n=n) for i, n in enumerate((2, 1, 2, 3, 1))]
+        await settle()
+        model.gate = None
+        gate.set()
+        results = await asyncio.gather(first, *tasks)
+        # 2+1 (the next 2 would make 18 elements), 2 (then 3 would make 15), 3+1
+        assert model.sizes == [1, 3, 2, 4]
+        assert all(n * 3 <= 12 for n in model.sizes)
+        for i, r in enumerate(results[1:]):
+            assert (r.outputs["y"] == 2.0 * i).all()
+        assert clock.pending_timers() == 0
+        await b.close()
+    run(body)
+
+
+def test_a_request_over_the_element_bound_is_refused_naming_it() -> None:
+    async def body() -> None:
+        b, model, _ = make(dyn(max_batch_size=32, max_batch_elements=12))
+        with pytest.raises(InvalidInput, match="15 elements.*12, its config parameter "
+                                               "max_batch_elements"):
+            await req(b, 1.0, n=5)
+        assert (await req(b, 1.0, n=4)).outputs["y"].shape == (4, 3)  # at the bound: runs
+        assert model.sizes == [4] and b.queued == 0
+        await b.close()
+    run(body)
+
+
 def test_full_queue_rejects_at_once_and_frees_up_after() -> None:
     async def body() -> None:
         policy = dyn(max_queue_delay_us=0, default_queue_policy=QueuePolicy(max_queue_size=2))
