@@ -65,6 +65,9 @@ PARAMETERS: dict[str, Callable[[str], str | None]] = {
     "resize": _choice(RESIZE_POLICIES),
     "output_semantics": _text,
     "decoder_model": _name,
+    # The exporter's execution bound for fully convolutional models: an archive may only set
+    # what leaving it out would allow anyway (no bound but max_batch_size).
+    "max_batch_elements": _int_range(0, MAX_BATCH * MAX_SIDE * MAX_SIDE * 4),
     "intra_op_thread_count": _int_range(0, _threads),
     "inter_op_thread_count": _int_range(0, _threads),
     # Provenance written by the exporter: inert text.
