@@ -83,6 +83,23 @@ def _http_client(server: ServerProcess, stop: threading.Event, out: list[Outcome
                 time.sleep(0.05)
 
 
+def _until_in_flight(server: ServerProcess, seconds: float = 5.0) -> None:
+    """Wait (a few ms, normally) until the server's metrics show requests inside it, so the
+    signal lands while there is work to drain: on a loaded 2-core machine the clients' process
+    can stall long enough for the server to have answered everything at that instant."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(server.metrics_url, timeout=2).text
+        except httpx.TransportError:
+            text = ""
+        inside = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith("capserve_inflight_requests"))
+        if inside > 0:
+            return
+        time.sleep(0.005)
+
+
 @dataclass
 class Drained:
     code: int
@@ -108,6 +125,7 @@ def sigterm_under_load(server: ServerProcess, clients: int,
         for t in threads:
             t.start()
         time.sleep(2.0)
+        _until_in_flight(server)
         signalled = time.monotonic()
         if send is None:
             server.proc.send_signal(signal.SIGTERM)
