@@ -72,7 +72,7 @@ def render_section(result: dict[str, Any], json_path: Path, doc_dir: Path,
             headers = ["batch", *(f"{p} c={c}" if p.startswith("capserve") else p
                                   for p, c in cols), "capserve / in-process"]
             lines += [f"### {model} {dtype}", "", table(headers, rows), ""]
-    lines += _reading(runs)
+    lines += _reading(runs, wire)
     lines += [f"![{p.stem}]({os.path.relpath(p, doc_dir)})" for p in plots]
     if result.get("skipped"):
         lines += ["", "Not measured: " + "; ".join(f"{s['part']} ({s['reason']})"
@@ -80,7 +80,7 @@ def render_section(result: dict[str, Any], json_path: Path, doc_dir: Path,
     return "\n".join(lines)
 
 
-def _reading(runs: list[dict[str, Any]]) -> list[str]:
+def _reading(runs: list[dict[str, Any]], wire: str) -> list[str]:
     """Numbers read off the tables, so a rerun's text follows its own data."""
     out: list[str] = []
     for model in dict.fromkeys(r["model"] for r in runs):
@@ -109,7 +109,7 @@ def _reading(runs: list[dict[str, Any]]) -> list[str]:
                "through pinned host buffers without blocking, on its own CUDA stream, where "
                "the in-process loop copies pageable memory.",
                "- The gap between the core and gRPC columns is the transport moving raw "
-               f"tensors through Python gRPC ({_wire_clients(runs)}); the shared-memory "
+               f"tensors through Python gRPC ({wire}); the shared-memory "
                "columns show what is left without the bytes on the wire.", ""]
     return out
 

@@ -45,7 +45,6 @@ class DeviceParts:
         first = parts[0]
         self.dtype: np.dtype[Any] = first.dtype
         self.shape = (sum(int(p.shape[0]) for p in parts), *first.shape[1:])
-        self.ndim = len(self.shape)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         joined = np.concatenate([np.asarray(p) for p in self.parts], axis=0)

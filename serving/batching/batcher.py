@@ -98,7 +98,7 @@ class _State(enum.Enum):
 class _Pending:
     inputs: Arrays
     batch_size: int
-    elements: int  # of every input together
+    elements: int  # of every input together (0 when the policy has no element bound)
     shape_key: tuple[object, ...]
     level: int
     enqueued: float
@@ -228,8 +228,10 @@ class DynamicBatcher:
                 f"inference request batch-size must be <= {policy.max_batch_size} for "
                 f"'{self._name}', got {batch_size}"
             )
-        elements = sum(math.prod(a.shape) for a in inputs.values())
-        if policy.max_batch_elements and elements > policy.max_batch_elements:
+        # Counted only for a bounded model (the count is what the bound compares).
+        elements = sum(math.prod(a.shape) for a in inputs.values()) \
+            if policy.max_batch_elements else 0
+        if elements > policy.max_batch_elements > 0:
             raise InvalidInput(
                 f"the inputs of this request have {elements} elements, more than one execution "
                 f"of '{self._name}' may hold ({policy.max_batch_elements}, its config parameter "

@@ -255,7 +255,6 @@ class CudaArray:
                  copy_out: Callable[[np.ndarray], None]) -> None:
         self.shape = tuple(shape)
         self.dtype: np.dtype[Any] = np.dtype(dtype).newbyteorder("<")
-        self.ndim = len(self.shape)
         self.nbytes = self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64))
         self._copy_out = copy_out
         self.__cuda_array_interface__ = {

@@ -8,6 +8,7 @@ refused, but only cleanly: 503 / UNAVAILABLE, or a connection that never answere
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import re
@@ -25,7 +26,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from serving.generated import health_pb2, health_pb2_grpc
-from tests.helpers.server import ServerProcess, start_server
+from tests.helpers.server import ServerProcess, metric_sum, start_server
 from tests.integration.conftest import SLOW_WIDTH
 
 GRACE_S = 20.0
@@ -89,14 +90,9 @@ def _until_in_flight(server: ServerProcess, seconds: float = 5.0) -> None:
     can stall long enough for the server to have answered everything at that instant."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        try:
-            text = httpx.get(server.metrics_url, timeout=2).text
-        except httpx.TransportError:
-            text = ""
-        inside = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                     if line.startswith("capserve_inflight_requests"))
-        if inside > 0:
-            return
+        with contextlib.suppress(OSError):
+            if metric_sum(server, "capserve_inflight_requests") > 0:
+                return
         time.sleep(0.005)
 
 

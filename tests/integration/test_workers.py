@@ -26,11 +26,10 @@ import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from prometheus_client.parser import text_string_to_metric_families
 
 from serving.generated import torchserve_inference_pb2 as inf
 from serving.generated import torchserve_inference_pb2_grpc as inf_grpc
-from tests.helpers.server import ServerProcess, http_status, start_server
+from tests.helpers.server import ServerProcess, http_status, metric_sum, start_server
 from tests.integration.conftest import API_TOKEN, SLOW_WIDTH, one_model_store, two_worker_server
 from tests.integration.test_shutdown import GRACE_S, sigterm_under_load
 
@@ -56,17 +55,6 @@ def _workers(server: ServerProcess) -> list[psutil.Process]:
             if "serving.workers.worker" in " ".join(p.cmdline()):
                 found.append(p)
     return found
-
-
-def _metric(server: ServerProcess, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def _v2_infer_new_connection(server: ServerProcess) -> str:
@@ -95,8 +83,8 @@ def _ready_within(server: ServerProcess, seconds: float) -> float:
 
 def test_both_workers_serve_and_every_request_is_counted_once(two: ServerProcess) -> None:
     assert len(_workers(two)) == 2
-    before = _metric(two, "capserve_request_success_total", model="lenet", version="1")
-    nv_before = _metric(two, "nv_inference_request_success_total", model="lenet", version="1")
+    before = metric_sum(two, "capserve_request_success_total", model="lenet", version="1")
+    nv_before = metric_sum(two, "nv_inference_request_success_total", model="lenet", version="1")
     seen = {_v2_infer_new_connection(two) for _ in range(30)}
     assert seen == {"0", "1"}, seen
     for _ in range(10):
@@ -121,11 +109,11 @@ def test_both_workers_serve_and_every_request_is_counted_once(two: ServerProcess
         model = doc["model_stats"][0]
         assert int(model["inference_count"]) == sent, doc
         assert int(model["inference_stats"]["success"]["count"]) == sent, doc
-    assert _metric(two, "capserve_request_success_total", model="lenet",
+    assert metric_sum(two, "capserve_request_success_total", model="lenet",
                    version="1") - before == sent
-    assert _metric(two, "capserve_workers_ready") == 2
+    assert metric_sum(two, "capserve_workers_ready") == 2
     # Triton's names survive the supervisor's sum, spelled as Triton writes them.
-    assert _metric(two, "nv_inference_request_success_total", model="lenet",
+    assert metric_sum(two, "nv_inference_request_success_total", model="lenet",
                    version="1") - nv_before == sent
     raw = urllib.request.urlopen(two.metrics_url, timeout=10).read().decode()
     assert "# TYPE nv_inference_request_success counter" in raw and "_created" not in raw
@@ -209,7 +197,7 @@ def test_kill_9_costs_only_the_killed_workers_requests(two: ServerProcess) -> No
     assert len(failures) <= len(outcomes), failures
     assert back < 10.0
     assert re.search(r"worker 1 \(pid \d+\) killed by SIGKILL", two.log()), two.log()[-2000:]
-    assert _metric(two, "capserve_worker_exits_total", cause="signal:SIGKILL") >= 1
+    assert metric_sum(two, "capserve_worker_exits_total", cause="signal:SIGKILL") >= 1
     assert time.monotonic() - killed < 30
     assert len(_workers(two)) == 2
 
